@@ -1,0 +1,101 @@
+"""The project's tests, as nbdev's own CI action runs them, offline.
+
+1. notebooks are clean (`nbdev_clean` changes nothing);
+2. the library is in sync (`nbdev_export` changes nothing in `biogpt/`);
+3. README.md is in sync with `nbs/index.ipynb`;
+4. the docs inputs are complete (every page in the sidebar and navbar exists, `_quarto.yml` has one source)
+   and nbdev's processing step for Quarto runs;
+5. every notebook runs top to bottom on CPU (`nbdev.test.test_nb`, the function behind `nbdev_test`),
+   skipping cells flagged with a `tst_flags` flag (`slow`).
+
+Prints one line per check and a closing `N passed, N failed` line; exits non-zero on any failure.
+"""
+import hashlib, os, subprocess, sys, time
+from pathlib import Path
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests use no network
+ROOT = Path(__file__).resolve().parents[1]
+os.chdir(ROOT)
+sys.path.insert(0, str(ROOT/'tools'))
+
+
+def snapshot(*folders):
+    "Hash of every file under `folders`."
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(Path(f).rglob('*'))
+            if p.is_file() and '__pycache__' not in p.parts}
+
+
+def changed(before, after): return sorted(str(p) for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+def check_clean():
+    before = snapshot('nbs')
+    subprocess.run(['nbdev_clean'], check=True)
+    if diff := changed(before, snapshot('nbs')): raise AssertionError(f'nbdev_clean changed {diff}: run `nbdev_clean` and commit')
+
+
+def check_export():
+    before = snapshot('biogpt')
+    subprocess.run(['nbdev_export'], check=True)
+    if diff := changed(before, snapshot('biogpt')): raise AssertionError(f'nbdev_export changed {diff}: the library is out of sync with its notebooks; run `nbdev_export` and commit')
+
+
+def check_readme():
+    from readme import render_readme
+    if render_readme() != (ROOT/'README.md').read_text():
+        raise AssertionError('README.md differs from nbs/index.ipynb: run `python tools/readme.py` and commit')
+
+
+def check_docs():
+    import yaml
+    top, src = ROOT/'_quarto.yml', ROOT/'nbs'/'_quarto.yml'
+    assert top.is_symlink() and top.resolve() == src.resolve(), '_quarto.yml must be a link to nbs/_quarto.yml (one source of truth)'
+    quarto, sidebar = yaml.safe_load(src.read_text()), yaml.safe_load((ROOT/'nbs'/'sidebar.yml').read_text())
+    pages = [p for p in sidebar['website']['sidebar']['contents'] if isinstance(p, str)]
+    pages += [s for sec in sidebar['website']['sidebar']['contents'] if isinstance(sec, dict) for s in sec.get('contents', [])]
+    pages += [i['href'] for i in quarto['website']['navbar'].get('left', [])]
+    missing = [p for p in pages if not (ROOT/'nbs'/p).exists()]
+    assert not missing, f'pages listed in the docs config do not exist: {missing}'
+    listed = {Path(p).name for p in pages}
+    unlisted = [p.name for p in (ROOT/'nbs').glob('*.ipynb') if p.name not in listed]
+    assert not unlisted, f'notebooks missing from nbs/sidebar.yml: {unlisted}'
+    for f in ['styles.css']: assert (ROOT/'nbs'/f).exists(), f'nbs/{f} missing'
+    # nbdev's own pre-render step (what `nbdev_docs` runs before Quarto); Quarto itself is not needed for it
+    from nbdev.quarto import refresh_quarto_yml
+    from nbdev.serve import proc_nbs
+    refresh_quarto_yml()
+    cache = proc_nbs(force=True, n_workers=0)
+    lost = {n for n in listed if n.endswith('.ipynb')} - {p.name for p in cache.glob('*.ipynb')}
+    assert not lost, f'nbdev processing lost pages: {lost}'
+    assert (cache/'_quarto.yml').exists()
+
+
+def run_notebooks():
+    from fastcore.parallel import parallel
+    from nbdev.config import get_config
+    from nbdev.test import test_nb
+    cfg = get_config()
+    files = sorted(p.absolute() for p in cfg.nbs_path.glob('*.ipynb'))
+    res = parallel(test_nb, files, skip_flags=cfg.tst_flags.split(), force_flags=[], n_workers=min(2, os.cpu_count()),
+                   basepath=cfg.config_path, pause=0.01)
+    return [(f'notebook {f.name}', ok, t) for f, (ok, t) in zip(files, res)]
+
+
+def main():
+    results = []
+    for name, check in [('notebooks are clean', check_clean), ('library is in sync', check_export),
+                        ('README is in sync', check_readme), ('docs inputs and nbdev processing', check_docs)]:
+        t = time.time()
+        try: check(); ok = True
+        except Exception as e: ok = False; print(f'  {type(e).__name__}: {e}', file=sys.stderr)
+        results.append((name, ok, time.time() - t))
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({time.time() - t:.1f}s)", flush=True)
+    for name, ok, t in run_notebooks():
+        results.append((name, ok, t))
+        print(f"{'PASS' if ok else 'FAIL'} {name} ({t:.1f}s)", flush=True)
+    n_fail = sum(not ok for _, ok, _ in results)
+    print(f'{len(results) - n_fail} passed, {n_fail} failed')
+    sys.exit(1 if n_fail else 0)
+
+
+if __name__ == '__main__': main()
