@@ -22,6 +22,7 @@ def _visible(cell):
 def render_readme(nb_path=ROOT/'nbs'/'index.ipynb') -> str:
     "The README text for the index notebook."
     nb = nbformat.read(nb_path, as_version=4)
+    nb.metadata['language_info'] = {'name': 'python'}  # fences code as python
     nb.cells = [c for c in nb.cells if c.cell_type != 'raw' and (c.cell_type == 'markdown' or _visible(c))]
     for c in nb.cells:
         if c.cell_type == 'code': c.source = '\n'.join(l for l in c.source.splitlines() if not _directive.match(l))

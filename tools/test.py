@@ -2,7 +2,7 @@
 
 1. notebooks are clean (`nbdev_clean` changes nothing);
 2. the library is in sync (`nbdev_export` changes nothing in `biogpt/`);
-3. README.md is in sync with `nbs/index.ipynb`;
+3. README.md is in sync with `nbs/index.ipynb`, and `.ci/run` runs exactly its test command;
 4. the docs inputs are complete (every page in the sidebar and navbar exists, `_quarto.yml` has one source)
    and nbdev's processing step for Quarto runs;
 5. every notebook runs top to bottom on CPU (`nbdev.test.test_nb`, the function behind `nbdev_test`),
@@ -10,7 +10,7 @@
 
 Prints one line per check and a closing `N passed, N failed` line; exits non-zero on any failure.
 """
-import hashlib, os, subprocess, sys, time
+import hashlib, os, re, subprocess, sys, time
 from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests use no network
@@ -44,6 +44,13 @@ def check_readme():
     from readme import render_readme
     if render_readme() != (ROOT/'README.md').read_text():
         raise AssertionError('README.md differs from nbs/index.ipynb: run `python tools/readme.py` and commit')
+
+
+def check_ci():
+    readme, ci = (ROOT/'README.md').read_text(), (ROOT/'.ci'/'run').read_text()
+    cmd = re.search(r'^# 2\. the tests.*\n(.+)$', readme, re.M)
+    assert cmd, "README.md lost its quick-start test command ('# 2. the tests' and the line after it)"
+    assert cmd[1].strip() in ci.splitlines(), f'.ci/run must run exactly the README test command: {cmd[1].strip()}'
 
 
 def check_docs():
@@ -84,7 +91,8 @@ def run_notebooks():
 def main():
     results = []
     for name, check in [('notebooks are clean', check_clean), ('library is in sync', check_export),
-                        ('README is in sync', check_readme), ('docs inputs and nbdev processing', check_docs)]:
+                        ('README is in sync', check_readme), ('CI runs the README test command', check_ci),
+                        ('docs inputs and nbdev processing', check_docs)]:
         t = time.time()
         try: check(); ok = True
         except Exception as e: ok = False; print(f'  {type(e).__name__}: {e}', file=sys.stderr)
