@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import time
+from typing import Literal  # inherited PreTrainedConfig fields are annotated with it, and dataclasses evaluate field annotations in this module
 
 import matplotlib.pyplot as plt
 import pandas as pd
