@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'run_info', 'peak_memory_mb', 'save_result',
-           'load_result', 'provenance']
+__all__ = ['PERF_ENV', 'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'run_info', 'peak_memory_mb',
+           'perf_env', 'save_result', 'load_result', 'provenance']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -100,6 +100,12 @@ def peak_memory_mb(device=None) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return kb / (2**20 if sys.platform == 'darwin' else 2**10)
+
+PERF_ENV = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')  # environment variables that change CPU speed
+
+def perf_env() -> str:
+    "The `PERF_ENV` variables that are set, as a shell prefix (`'OMP_WAIT_POLICY=PASSIVE '`), so a recorded command says how it ran."
+    return ''.join(f'{k}={os.environ[k]} ' for k in PERF_ENV if k in os.environ)
 
 # %% ../nbs/00_core.ipynb #943e98e7
 def save_result(name: str, results, *, command: str, config: dict | None = None, seeds=None,

@@ -21,7 +21,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .core import peak_memory_mb, save_result
+from .core import peak_memory_mb, perf_env, save_result
 from .cortical import CorticalLayer, GPTBlock, auto_layout, draw_layout, fit_branches, neuron_shape
 from .feedback import Feedback, GatedFeedback, feedback_pairs, run_layers
 from .neuron import ACTIVATIONS, MECHANISMS, BranchFFN, BranchNorm, EfficientBioNeuron, NeuronState, Wiggle
@@ -29,7 +29,8 @@ from .neuron import ACTIVATIONS, MECHANISMS, BranchFFN, BranchNorm, EfficientBio
 # %% auto #0
 __all__ = ['PRESETS', 'COMPONENTS', 'COMPONENT_ORDER', 'BioGPTConfig', 'BioGPTPreTrainedModel', 'BioGPTCache', 'build_layers',
            'BioGPTModel', 'BioGPTForCausalLM', 'component', 'param_table', 'param_counts', 'published_config',
-           'train_flops_per_token', 'matched_neox', 'bench_generation', 'bench_model', 'show_published', 'model_cli']
+           'train_flops_per_token', 'matched_neox', 'bench_generation', 'mechanism_costs', 'bench_model',
+           'show_published', 'model_cli']
 
 # %% ../nbs/04_model.ipynb #a471107d
 @strict
@@ -331,9 +332,15 @@ def bench_generation(config: BioGPTConfig, new_tokens: int = 256, prompt: int = 
     return dict(prompt=prompt, new_tokens=new_tokens, cached_s=secs[True], uncached_s=secs[False], speedup=secs[False] / secs[True],
                 same_tokens=bool(torch.equal(out[True], out[False])))
 
+def mechanism_costs(config: BioGPTConfig, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
+    "Training-step seconds of `config` and of `config` with each neuron mechanism but attention switched off, each in a fresh process."
+    runs = {'all on': config, **{f'no {m}': BioGPTConfig(**{**config.to_dict(), f'use_{m}': False}) for m in MECHANISMS if m != 'attention'}}
+    step = {k: _in_fresh_process(_measure_train, 'biogpt', c.to_dict(), batch, seq_len, steps, warmup)['step_s'] for k, c in runs.items()}
+    return {k: dict(step_s=v, share=1 - v / step['all on']) for k, v in step.items()}
+
 def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, seq_len: int = 256, batch: int = 8,
                 steps: int = 5, warmup: int = 2, new_tokens: int = 256) -> dict:
-    "Training throughput and model FLOP/s of BioGPT vs a size-matched GPT-NeoX, and cached vs uncached generation."
+    "Training throughput and model FLOP/s of BioGPT vs a size-matched GPT-NeoX, what each mechanism costs, and cached vs uncached generation."
     bio = BioGPTConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, max_seq_len=max(seq_len, 2 * new_tokens))
     with torch.device('meta'): target = sum(p.numel() for p in BioGPTForCausalLM(bio).parameters())
     neox = matched_neox(bio, target)
@@ -347,6 +354,7 @@ def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, s
                 param_ratio=rows['biogpt']['params'] / rows['gpt_neox']['params'],
                 flops_ratio=rows['biogpt']['model_tflops'] / rows['gpt_neox']['model_tflops'],
                 tokens_ratio=rows['biogpt']['tokens_per_s'] / rows['gpt_neox']['tokens_per_s'], generation=gen,
+                mechanisms=mechanism_costs(bio, batch, seq_len, steps, warmup),
                 setup=dict(d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, seq_len=seq_len, batch=batch, steps=steps,
                            warmup=warmup, dtype='float32', threads=torch.get_num_threads()))
 
@@ -379,9 +387,10 @@ def model_cli(bench: bool = False,  # run the benchmark and write results/model_
         print(f"{k:9s} {v['params'] / 1e6:6.2f}M params  {v['tokens_per_s']:8.0f} tok/s  {v['flops_per_token'] / 1e6:7.1f} MFLOP/token  "
               f"{v['model_tflops'] * 1e3:6.1f} GFLOP/s  peak {v['peak_memory_mb']:.0f} MiB")
     print(f"BioGPT/GPT-NeoX: params {r['param_ratio']:.3f}x, tokens/s {r['tokens_ratio']:.2f}x, model FLOP/s {r['flops_ratio']:.2f}x (target >= 0.9)")
+    print('what each mechanism costs (share of the training step it adds): ' + ', '.join(f"{k.removeprefix('no ')} {v['share']:.0%}" for k, v in r['mechanisms'].items() if k != 'all on'))
     for g in r['generation']:
         print(f"generation of {g['new_tokens']} tokens after a {g['prompt']}-token prompt: cached {g['cached_s']:.2f}s, uncached {g['uncached_s']:.2f}s, "
               f"{g['speedup']:.1f}x (target >= 10), same tokens: {g['same_tokens']}")
-    save_result('model_bench', r, command='python -m biogpt.model --bench', config=r['setup'], seeds=[0],
+    save_result('model_bench', r, command=perf_env() + 'python -m biogpt.model --bench', config=r['setup'], seeds=[0],
                 timings=dict(biogpt_step_s=t['biogpt']['step_s'], gpt_neox_step_s=t['gpt_neox']['step_s']))
     return r

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 import statistics
@@ -25,7 +24,7 @@ from fastcore.script import call_parse
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from .core import biogpt_home, save_result
+from .core import biogpt_home, perf_env, save_result
 from .cortical import CorticalLayer
 from .model import BioGPTForCausalLM
 from .neuron import BranchFFN, EfficientBioNeuron
@@ -456,10 +455,9 @@ def prune_cli(checkpoint: str = None,  # a trainer checkpoint folder (default: t
               name: str = 'pruning',  # results name
               results: str = None):  # folder of the results file (default: the repository's results/)
     "Sparsity curve, apoptosis, masked fine-tuning, structured pruning and inference speed of a trained BioGPT; writes results/<name>.json."
-    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if 'OMP_NUM_THREADS' in os.environ else ''
     prog = 'biogpt-prune' if Path(sys.argv[0]).name == 'biogpt-prune' else 'python -m biogpt.pruning'
     return prune_stage(checkpoint, preset, json.loads(overrides) if overrides else None, neox, steps, name, results,
-                       command=threads + prog + ' ' + shlex.join(sys.argv[1:]), **({'eval_tokens': eval_tokens} if eval_tokens else {}))
+                       command=perf_env() + prog + ' ' + shlex.join(sys.argv[1:]), **({'eval_tokens': eval_tokens} if eval_tokens else {}))
 
 # %% ../nbs/06_pruning.ipynb #271afb5c
 _ARCH_NAMES = {'biogpt': 'BioGPT', 'gpt_neox': 'GPT-NeoX'}

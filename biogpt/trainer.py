@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
 from transformers.pytorch_utils import Conv1D
 
-from .core import atomic_dir, atomic_write, biogpt_home, peak_memory_mb, repo_root, save_result
+from .core import atomic_dir, atomic_write, biogpt_home, peak_memory_mb, perf_env, repo_root, save_result
 from .data import TokenShards, bits_per_byte, build_shards, default_data, get_tokenizer, hf_corpus
 
 # %% auto #0
@@ -576,13 +576,10 @@ def bench_trainer(cfg: TrainConfig, blocks: int = 6, steps: int = 3, shards: Tok
     return out
 
 # %% ../nbs/05_trainer.ipynb #209fd3d1
-_PERF_ENV = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')  # environment variables that change CPU speed, recorded with the command
-
 def _command(argv=None) -> str:
     argv = sys.argv[1:] if argv is None else argv
     n = process_state().num_processes
-    env = ''.join(f'{k}={os.environ[k]} ' for k in _PERF_ENV if k in os.environ)
-    return env + (f'accelerate launch --num_processes {n} -m biogpt.trainer ' if n > 1 else 'biogpt-train ') + ' '.join(argv)
+    return perf_env() + (f'accelerate launch --num_processes {n} -m biogpt.trainer ' if n > 1 else 'biogpt-train ') + ' '.join(argv)
 
 def run_preset(preset: str = 'cpu', arch: str = 'biogpt', run_dir=None, resume: bool = False, name: str | None = None, results=None,
                record: bool = True, bench: bool = False, **overrides) -> dict:
