@@ -67,12 +67,12 @@ def atomic_dir(path):
 
 # %% ../nbs/00_core.ipynb #f049e3e0
 def git_commit(path=None) -> str | None:
-    "The current git commit of the repository at `path` (with `+dirty` if it has uncommitted changes), or None."
+    "The current git commit of the repository at `path` (with `+dirty` if its code has uncommitted changes: results and figures do not count), or None."
     try:
         run = lambda *a: subprocess.run(['git', *a], cwd=path or repo_root(), capture_output=True, text=True, timeout=10)
         sha = run('rev-parse', 'HEAD')
         if sha.returncode: return None
-        dirty = run('status', '--porcelain', '--untracked-files=no').stdout.strip()
+        dirty = run('status', '--porcelain', '--untracked-files=no', '--', '.', ':!results', ':!figures').stdout.strip()  # outputs do not make the code dirty
         return sha.stdout.strip() + ('+dirty' if dirty else '')
     except (OSError, subprocess.SubprocessError): return None
 
