@@ -111,8 +111,9 @@ def perf_env() -> str:
 def save_result(name: str, results, *, command: str, config: dict | None = None, seeds=None,
                 timings: dict | None = None, folder=None) -> Path:
     "Write `results` with the command, config, seeds, commit, hardware and timings that produced them."
-    doc = dict(name=name, command=command, config=config or {}, seeds=seeds, timings=timings or {},
-               run=run_info(), results=results)
+    run = run_info()
+    doc = dict(name=name, command=command, commit=run.pop('commit'), config=config or {}, seeds=seeds, timings=timings or {},
+               run=run, results=results)
     return atomic_write(Path(folder or repo_root()/'results')/f'{name}.json', json.dumps(doc, indent=1, default=str) + '\n')
 
 def load_result(name: str, folder=None) -> dict:
@@ -127,4 +128,4 @@ def provenance(result: dict) -> str:
     "One line saying which command, commit, machine and time produced `result`."
     run = result['run']
     hw = ', '.join(run.get('gpu') or [f"{run.get('cpu')} ({run.get('cpu_count')} cores)"])
-    return f"`{result['command']}` at commit {str(run.get('commit'))[:12]} on {hw}, {run.get('time')}, torch {run.get('torch')}"
+    return f"`{result['command']}` at commit {str(result['commit'])[:12]} on {hw}, {run.get('time')}, torch {run.get('torch')}"
