@@ -336,7 +336,7 @@ def mechanism_costs(config: BioGPTConfig, batch: int, seq_len: int, steps: int, 
     "Training-step seconds of `config` and of `config` with each neuron mechanism but attention switched off, each in a fresh process."
     runs = {'all on': config, **{f'no {m}': BioGPTConfig(**{**config.to_dict(), f'use_{m}': False}) for m in MECHANISMS if m != 'attention'}}
     step = {k: _in_fresh_process(_measure_train, 'biogpt', c.to_dict(), batch, seq_len, steps, warmup)['step_s'] for k, c in runs.items()}
-    return {k: dict(step_s=v, share=1 - v / step['all on']) for k, v in step.items()}
+    return {k: dict(step_s=v, share=1 - v / step['all on']) for k, v in step.items()}  # shares against the full model timed in the same series
 
 def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, seq_len: int = 256, batch: int = 8,
                 steps: int = 5, warmup: int = 2, new_tokens: int = 256) -> dict:
