@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MECHANISMS', 'Wiggle', 'make_activation', 'xor_fit', 'nmda_trace', 'nmda_trace_reference',
+__all__ = ['ACTIVATIONS', 'MECHANISMS', 'Wiggle', 'make_activation', 'xor_fit', 'NMDATrace', 'nmda_trace', 'nmda_trace_reference',
            'NeuronState', 'causal_attention', 'TemporalConv', 'bench_temporal_conv', 'BranchFFN', 'bench_branch_ffn',
            'BranchNorm', 'FFN', 'EfficientBioNeuron']
 
@@ -51,19 +51,52 @@ def xor_fit(activation: nn.Module, steps: int = 600, lr: float = 0.2, seed: int 
     with torch.no_grad(): return ((unit(x) > 0.5).float() == y).float().mean().item(), unit
 
 # %% ../nbs/01_neuron.ipynb #3bd8cf3a
+def _scan_(x: torch.Tensor, log_lam: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    "In place over positions (dim -2): x_t <- sum of lambda^|t-s| x_s over s <= t (s >= t if `reverse`), in ceil(log2 T) doubling passes."
+    step = 1
+    while step < x.shape[-2]:
+        lam = torch.exp(log_lam * step)                           # lambda^step
+        if reverse: x[..., :-step, :] += x[..., step:, :] * lam   # the product is a new tensor: every position reads the previous pass
+        else: x[..., step:, :] += x[..., :-step, :] * lam
+        step *= 2
+    return x
+
+class NMDATrace(torch.autograd.Function):
+    "The NMDA trace with its adjoint written out: forward is one scan, backward one reverse scan; only the trace is saved."
+    @staticmethod
+    def forward(ctx, v, decay, trace0):
+        dt = torch.promote_types(v.dtype, torch.float32)           # fp32 under any autocast dtype (fp64 for gradcheck)
+        log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)          # (branches, 1, width), broadcast over batch and positions
+        lam = log_lam.exp()
+        trace = (1 - lam) * v.to(dt)                                # each position's contribution, then the scan sums them
+        if trace0 is not None: trace[..., 0, :] += lam[..., 0, :] * trace0.to(dt)
+        _scan_(trace, log_lam)
+        out = v.to(dt, copy=True)                                   # v_t + lambda trace_{t-1}
+        out[..., 1:, :] += lam * trace[..., :-1, :]
+        if trace0 is not None: out[..., 0, :] += lam[..., 0, :] * trace0.to(dt)
+        ctx.save_for_backward(v, decay, trace0, trace)
+        return out.to(v.dtype), trace[..., -1, :].clone()          # a copy, so a decoding state does not pin the whole trace
+
+    @staticmethod
+    def backward(ctx, g_out, g_last):
+        v, decay, trace0, trace = ctx.saved_tensors
+        dt = trace.dtype
+        log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)
+        lam, g = log_lam.exp(), g_out.to(dt)
+        a = torch.empty_like(trace)                                 # a_t = dL/dtrace_t = lambda (g_{t+1} + a_{t+1})
+        a[..., :-1, :] = lam * g[..., 1:, :]
+        a[..., -1, :] = g_last
+        _scan_(a, log_lam, reverse=True)
+        prev = trace.roll(1, -2)                                    # trace_{t-1}
+        prev[..., 0, :] = 0 if trace0 is None else trace0
+        d_lam = (g * prev + a * (prev - v.to(dt))).sum(-2).reshape(-1, *decay.shape).sum(0)
+        d_trace0 = None if trace0 is None else (lam[..., 0, :] * (g[..., 0, :] + a[..., 0, :])).to(trace0.dtype)
+        return (g + (1 - lam) * a).to(v.dtype), (d_lam * lam[..., 0, :] * (1 - lam[..., 0, :])).to(decay.dtype), d_trace0
+
 def nmda_trace(v: torch.Tensor, decay: torch.Tensor, trace0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Enrich values `v` (B, branches, T, width) with the NMDA trace of decay logits `decay` (branches, width).
     Returns `v + lambda * trace_{t-1}` and the trace after the last position; `trace0` (B, branches, width) is the trace before the first."""
-    log_lam = F.logsigmoid(decay.float()).unsqueeze(-2)        # (branches, 1, width), broadcast over B and T
-    lam, vf = log_lam.exp(), v.float()
-    x = (1 - lam) * vf                                          # each position's contribution to the trace
-    if trace0 is not None: x = torch.cat([x[..., :1, :] + lam * trace0.unsqueeze(-2).float(), x[..., 1:, :]], -2)
-    step = 1
-    while step < v.shape[-2]:                                   # doubling scan: x_t <- x_t + lambda^step x_{t-step}
-        x = x + F.pad(x[..., :-step, :], (0, 0, step, 0)) * torch.exp(log_lam * step)
-        step *= 2
-    before = F.pad(x[..., :-1, :], (0, 0, 1, 0)) if trace0 is None else torch.cat([trace0.unsqueeze(-2).float(), x[..., :-1, :]], -2)
-    return (vf + lam * before).to(v.dtype), x[..., -1, :]
+    return NMDATrace.apply(v, decay, trace0)
 
 def nmda_trace_reference(v, decay, trace0=None):
     "The NMDA trace step by step over positions: the definition `nmda_trace` must equal."
@@ -74,6 +107,16 @@ def nmda_trace_reference(v, decay, trace0=None):
         out.append(v[..., t, :] + lam * trace)
         trace = lam * trace + (1 - lam) * v[..., t, :]
     return torch.stack(out, -2), trace
+
+# %% ../nbs/01_neuron.ipynb #e0b7c3d2
+def _time(fn, x, reps, backward=True):
+    "Milliseconds per call of `fn(x)` (with a backward pass, or under `no_grad` as in decoding), after 3 warm-up calls."
+    with torch.set_grad_enabled(backward):
+        for i in range(reps + 3):
+            if i == 3: t0 = time.perf_counter()
+            y = fn(x)
+            if backward: y.square().mean().backward()
+    return 1e3 * (time.perf_counter() - t0) / reps
 
 # %% ../nbs/01_neuron.ipynb #fc18ad92
 class NeuronState(DynamicLayer):
@@ -139,15 +182,6 @@ class TemporalConv(nn.Conv1d):
         return torch.baddbmm(self.bias.view(nb, 1, db), win, w).transpose(0, 1).reshape(B, T, W)
 
 # %% ../nbs/01_neuron.ipynb #1799c68e
-def _time(fn, x, reps, backward=True):
-    "Milliseconds per call of `fn(x)` (with a backward pass, or under `no_grad` as in decoding), after 3 warm-up calls."
-    with torch.set_grad_enabled(backward):
-        for i in range(reps + 3):
-            if i == 3: t0 = time.perf_counter()
-            y = fn(x)
-            if backward: y.square().mean().backward()
-    return 1e3 * (time.perf_counter() - t0) / reps
-
 def bench_temporal_conv(batch: int = 8, seq_len: int = 256, width: int = 256, n_branches: int = 8, reps: int = 10) -> pd.DataFrame:
     "Time of the temporal filter as grouped Conv1d and as unfolded windows: training (forward+backward) and one decoding step."
     torch.manual_seed(0)
