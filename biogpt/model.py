@@ -355,10 +355,13 @@ def bench_generation(config: BioGPTConfig, new_tokens: int = 256, prompt: int = 
                 same_tokens=bool(torch.equal(out[True], out[False])), cached_ms_per_token=1e3 * secs[True] / new_tokens,
                 weight_floor_ms=1e3 * floor, speedup_ceiling=secs[False] / (new_tokens * floor))
 
-def mechanism_costs(config: BioGPTConfig, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
-    "Training-step seconds of `config` and of `config` with each neuron mechanism but attention switched off, each in a fresh process."
-    runs = {'all on': config, **{f'no {m}': BioGPTConfig(**{**config.to_dict(), f'use_{m}': False}) for m in MECHANISMS if m != 'attention'}}
-    step = {k: statistics.median(_in_fresh_process(_measure_train, 'biogpt', c.to_dict(), batch, seq_len, steps, warmup)['step_times']) for k, c in runs.items()}
+def mechanism_costs(config: BioGPTConfig, batch: int, seq_len: int, steps: int, warmup: int, rounds: int = 3) -> dict:
+    "Training-step seconds of `config` and of `config` with each neuron mechanism but attention switched off: fresh processes, alternating over `rounds`."
+    variants = {'all on': config, **{f'no {m}': BioGPTConfig(**{**config.to_dict(), f'use_{m}': False}) for m in MECHANISMS if m != 'attention'}}
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, c in variants.items(): times[k] += _in_fresh_process(_measure_train, 'biogpt', c.to_dict(), batch, seq_len, steps, warmup)['step_times']
+    step = {k: statistics.median(t) for k, t in times.items()}
     return {k: dict(step_s=v, share=1 - v / step['all on']) for k, v in step.items()}  # shares against the full model timed in the same series
 
 def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, seq_len: int = 256, batch: int = 8,
@@ -379,7 +382,7 @@ def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, s
                 param_ratio=rows['biogpt']['params'] / rows['gpt_neox']['params'],
                 flops_ratio=rows['biogpt']['model_tflops'] / rows['gpt_neox']['model_tflops'],
                 tokens_ratio=rows['biogpt']['tokens_per_s'] / rows['gpt_neox']['tokens_per_s'], generation=gen,
-                mechanisms=mechanism_costs(bio, batch, seq_len, steps, warmup),
+                mechanisms=mechanism_costs(bio, batch, seq_len, steps, warmup, rounds),
                 setup=dict(d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, seq_len=seq_len, batch=batch, steps=steps,
                            warmup=warmup, rounds=rounds, dtype='float32', threads=torch.get_num_threads()))
 
