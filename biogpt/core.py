@@ -11,7 +11,7 @@ import torch
 
 # %% auto #0
 __all__ = ['PERF_ENV', 'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'run_info', 'peak_memory_mb',
-           'perf_env', 'save_result', 'load_result', 'provenance']
+           'perf_env', 'embedding_modules', 'count_params', 'save_result', 'load_result', 'provenance']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -106,6 +106,19 @@ PERF_ENV = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')  # environment variables that 
 def perf_env() -> str:
     "The `PERF_ENV` variables that are set, as a shell prefix (`'OMP_WAIT_POLICY=PASSIVE '`), so a recorded command says how it ran."
     return ''.join(f'{k}={os.environ[k]} ' for k in PERF_ENV if k in os.environ)
+
+# %% ../nbs/00_core.ipynb #c3d5e7f9
+def embedding_modules(model) -> list[torch.nn.Module]:
+    "The input and output embeddings of a transformers model (found through its API, not by name), and any other embedding table."
+    found = [getattr(model, f, lambda: None)() for f in ('get_input_embeddings', 'get_output_embeddings')]
+    found += [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]  # position tables too
+    return list({id(m): m for m in found if m is not None}.values())
+
+def count_params(model) -> dict:
+    "Total parameters, and non-embedding parameters (without the embedding tables and an untied LM head)."
+    total = sum(p.numel() for p in model.parameters())
+    emb = {id(p): p.numel() for m in embedding_modules(model) for p in m.parameters(recurse=False)}  # a tied table once
+    return dict(total=total, non_embedding=total - sum(emb.values()))
 
 # %% ../nbs/00_core.ipynb #943e98e7
 def save_result(name: str, results, *, command: str, config: dict | None = None, seeds=None,

@@ -23,16 +23,16 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .core import peak_memory_mb, perf_env, save_result
+from .core import count_params, peak_memory_mb, perf_env, save_result
 from .cortical import CorticalLayer, GPTBlock, auto_layout, draw_layout, fit_branches, neuron_shape
 from .feedback import Feedback, GatedFeedback, feedback_pairs, run_layers
 from .neuron import ACTIVATIONS, MECHANISMS, BranchFFN, BranchNorm, EfficientBioNeuron, NeuronState, Wiggle
 
 # %% auto #0
 __all__ = ['PRESETS', 'COMPONENTS', 'COMPONENT_ORDER', 'BioGPTConfig', 'BioGPTPreTrainedModel', 'BioGPTCache', 'build_layers',
-           'BioGPTModel', 'BioGPTForCausalLM', 'component', 'param_table', 'param_counts', 'published_config',
-           'train_flops_per_token', 'matched_neox', 'weight_floor', 'bench_generation', 'mechanism_costs',
-           'bench_model', 'show_published', 'model_cli']
+           'BioGPTModel', 'BioGPTForCausalLM', 'component', 'param_table', 'published_config', 'train_flops_per_token',
+           'matched_neox', 'weight_floor', 'bench_generation', 'mechanism_costs', 'bench_model', 'show_published',
+           'model_cli']
 
 # %% ../nbs/04_model.ipynb #a471107d
 @strict
@@ -258,11 +258,6 @@ def param_table(model: nn.Module) -> pd.DataFrame:
     df.loc['total non-embedding'] = df.loc['total'] - df.loc[[p for p in ('embeddings', 'head') if p in df.index]].sum()
     return df.astype(int)
 
-def param_counts(model: nn.Module) -> dict:
-    "Total and non-embedding parameter counts (non-embedding: without token and position embeddings and the LM head)."
-    t = param_table(model)
-    return dict(total=int(t.loc['total', 'total']), non_embedding=int(t.loc['total non-embedding', 'total']))
-
 # %% ../nbs/04_model.ipynb #52092f5c
 def published_config(**fields) -> BioGPTConfig:
     "The published configuration: vocab 50,304, d_model 768, 12 layers, soma expansion 3, max_seq_len 1024, one pass."
@@ -339,21 +334,22 @@ def weight_floor(model: nn.Module, reps: int = 20) -> float:
             for p, x in zip(mats, xs): F.linear(x, p) if p.dim() == 2 else torch.bmm(x, p.flatten(2))
     return (time.perf_counter() - t0) / reps
 
-def bench_generation(config: BioGPTConfig, new_tokens: int = 256, prompt: int = 8) -> dict:
-    """Seconds to generate `new_tokens` greedily after a `prompt`-token prompt, with and without the cache; whether the tokens agree;
-    and the speed-up a decoding step could reach if it cost no more than streaming the weights (`weight_floor`)."""
+def bench_generation(config: BioGPTConfig, new_tokens: int = 256, prompt: int = 8, rounds: int = 3) -> dict:
+    """Seconds to generate `new_tokens` greedily after a `prompt`-token prompt, with and without the cache (medians over `rounds`, alternating);
+    whether the tokens agree; and the speed-up a decoding step could reach if it cost no more than streaming the weights (`weight_floor`)."""
     torch.manual_seed(0)
     model = BioGPTForCausalLM(config).eval()
     x = torch.randint(0, config.vocab_size, (1, prompt))
-    out, secs = {}, {}
-    for cache in (True, False):
-        t0 = time.perf_counter()
-        out[cache] = model.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=cache)
-        secs[cache] = time.perf_counter() - t0
-    floor = weight_floor(model)
-    return dict(prompt=prompt, new_tokens=new_tokens, cached_s=secs[True], uncached_s=secs[False], speedup=secs[False] / secs[True],
-                same_tokens=bool(torch.equal(out[True], out[False])), cached_ms_per_token=1e3 * secs[True] / new_tokens,
-                weight_floor_ms=1e3 * floor, speedup_ceiling=secs[False] / (new_tokens * floor))
+    out, secs = {}, {True: [], False: []}
+    for _ in range(rounds):
+        for cache in (True, False):
+            t0 = time.perf_counter()
+            out[cache] = model.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=cache)
+            secs[cache].append(time.perf_counter() - t0)
+    cached, uncached, floor = statistics.median(secs[True]), statistics.median(secs[False]), weight_floor(model)
+    return dict(prompt=prompt, new_tokens=new_tokens, cached_s=cached, uncached_s=uncached, speedup=uncached / cached,
+                same_tokens=bool(torch.equal(out[True], out[False])), cached_ms_per_token=1e3 * cached / new_tokens,
+                weight_floor_ms=1e3 * floor, speedup_ceiling=uncached / (new_tokens * floor))
 
 def mechanism_costs(config: BioGPTConfig, batch: int, seq_len: int, steps: int, warmup: int, rounds: int = 3) -> dict:
     "Training-step seconds of `config` and of `config` with each neuron mechanism but attention switched off: fresh processes, alternating over `rounds`."
@@ -376,7 +372,7 @@ def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, s
             runs[kind].append(_in_fresh_process(_measure_train, kind, cfg.to_dict(), batch, seq_len, steps, warmup))
     rows = {kind: _train_row(rs, batch * seq_len) for kind, rs in runs.items()}
     for r in rows.values(): r['model_tflops'] = r['tokens_per_s'] * r['flops_per_token'] / 1e12
-    gen = [bench_generation(bio, new_tokens, prompt) for prompt in (8, new_tokens - 8)]
+    gen = [bench_generation(bio, new_tokens, prompt, rounds) for prompt in (8, new_tokens - 8)]
     return dict(train=rows, neox_config=dict(num_hidden_layers=neox.num_hidden_layers, intermediate_size=neox.intermediate_size,
                                             num_attention_heads=neox.num_attention_heads),
                 param_ratio=rows['biogpt']['params'] / rows['gpt_neox']['params'],
@@ -400,7 +396,7 @@ def show_published(seq_len: int = 1024) -> dict:
     with torch.no_grad():
         t0 = time.perf_counter(); logits = model(x, use_cache=False).logits; fwd = time.perf_counter() - t0
     print(f'\nforward pass of 1 x {seq_len} tokens: logits {tuple(logits.shape)}, {fwd:.2f}s (model built in {built:.1f}s)')
-    return dict(params=param_counts(model), forward_s=fwd, logits_shape=list(logits.shape))
+    return dict(params=count_params(model), forward_s=fwd, logits_shape=list(logits.shape))
 
 @call_parse
 def model_cli(bench: bool = False,  # run the benchmark and write results/model_bench.json

@@ -96,6 +96,9 @@ class NMDATrace(torch.autograd.Function):
 def nmda_trace(v: torch.Tensor, decay: torch.Tensor, trace0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Enrich values `v` (B, branches, T, width) with the NMDA trace of decay logits `decay` (branches, width).
     Returns `v + lambda * trace_{t-1}` and the trace after the last position; `trace0` (B, branches, width) is the trace before the first."""
+    if v.shape[-2] == 1 and trace0 is not None:   # one new position (a decoding step): the recurrence itself, two fused ops
+        lam, prev, vf = torch.sigmoid(decay.float()).unsqueeze(-2), trace0.float().unsqueeze(-2), v.float()
+        return torch.addcmul(vf, lam, prev).to(v.dtype), torch.lerp(vf, prev, lam).squeeze(-2)
     return NMDATrace.apply(v, decay, trace0)
 
 def nmda_trace_reference(v, decay, trace0=None):

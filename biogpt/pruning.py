@@ -24,19 +24,18 @@ from fastcore.script import call_parse
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from .core import biogpt_home, perf_env, save_result
+from .core import biogpt_home, count_params, embedding_modules, perf_env, save_result
 from .cortical import CorticalLayer
 from .model import BioGPTForCausalLM
 from .neuron import BranchFFN, EfficientBioNeuron
 from .trainer import TrainConfig, Trainer, evaluate, get_preset, latest_checkpoint, lm_loss, load_shards, read_trainer_state, train
 
 # %% auto #0
-__all__ = ['LINEAR_MAPS', 'SPARSITIES', 'STRUCTURED', 'register_linear_map', 'embedding_modules', 'prunable_weights',
-           'scope_table', 'scope_side_by_side', 'hold_zeros', 'magnitude_prune', 'make_permanent', 'prunable_count',
-           'sparsity_report', 'structure_units', 'remove_units', 'neuron_sparsity', 'apoptosis', 'finetune_steps',
-           'finetune_config', 'finetune', 'masked_for_resume', 'taylor_scores', 'structured_prune', 'bench_inference',
-           'pruning_study', 'prune_stage', 'prune_cli', 'curve_table', 'structured_table', 'plot_curve',
-           'plot_structured']
+__all__ = ['LINEAR_MAPS', 'SPARSITIES', 'STRUCTURED', 'register_linear_map', 'prunable_weights', 'scope_table',
+           'scope_side_by_side', 'hold_zeros', 'magnitude_prune', 'make_permanent', 'prunable_count', 'sparsity_report',
+           'structure_units', 'remove_units', 'neuron_sparsity', 'apoptosis', 'finetune_steps', 'finetune_config',
+           'finetune', 'masked_for_resume', 'taylor_scores', 'structured_prune', 'bench_inference', 'pruning_study',
+           'prune_stage', 'prune_cli', 'curve_table', 'structured_table', 'plot_curve', 'plot_structured']
 
 # %% ../nbs/06_pruning.ipynb #df3f4596
 LINEAR_MAPS: dict[type, tuple[str, ...]] = {nn.Linear: ('weight',), nn.Conv1d: ('weight',), nn.Conv2d: ('weight',), Conv1D: ('weight',)}
@@ -49,12 +48,6 @@ register_linear_map(BranchFFN, 'w1', 'w2')
 
 def _linear_map_names(module) -> tuple[str, ...]:
     return next((names for cls, names in LINEAR_MAPS.items() if isinstance(module, cls)), ())
-
-def embedding_modules(model) -> list[nn.Module]:
-    "The input and output embeddings of a transformers model (found through its API, not by name), and any other embedding table."
-    found = [getattr(model, f, lambda: None)() for f in ('get_input_embeddings', 'get_output_embeddings')]
-    found += [m for m in model.modules() if isinstance(m, nn.Embedding)]  # position tables too
-    return list({id(m): m for m in found if m is not None}.values())
 
 def prunable_weights(model) -> list[tuple[str, nn.Module, str]]:
     "(qualified name, module, parameter name) of every tensor in the prunable scope of `model`."
@@ -120,9 +113,6 @@ def make_permanent(model):
     return model
 
 # %% ../nbs/06_pruning.ipynb #6d0fc3fb
-def _embedding_params(model) -> int:
-    return sum(p.numel() for m in embedding_modules(model) for p in m.parameters(recurse=False))
-
 def prunable_count(model) -> int:
     "Number of weights in the prunable scope of `model`."
     return sum(getattr(m, p).numel() for _, m, p in prunable_weights(model))
@@ -132,10 +122,9 @@ def sparsity_report(model) -> dict:
     scope = [_weight(m, p) for _, m, p in prunable_weights(model)]
     prunable = sum(w.numel() for w in scope)
     zeros = sum(int((w == 0).sum()) for w in scope)
-    total = sum(p.numel() for n, p in model.named_parameters())
-    emb = _embedding_params(model)
-    return dict(sparsity=zeros / prunable, prunable=prunable, pruned=zeros, total=total, active=total - zeros,
-                non_embedding=total - emb, active_non_embedding=total - emb - zeros)
+    n = count_params(model)
+    return dict(sparsity=zeros / prunable, prunable=prunable, pruned=zeros, total=n['total'], active=n['total'] - zeros,
+                non_embedding=n['non_embedding'], active_non_embedding=n['non_embedding'] - zeros)
 
 # %% ../nbs/06_pruning.ipynb #1ba3fc60
 def _cortical(model) -> list[CorticalLayer]:

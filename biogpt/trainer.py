@@ -22,16 +22,16 @@ from tqdm.auto import tqdm
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
 from transformers.pytorch_utils import Conv1D
 
-from .core import atomic_dir, atomic_write, biogpt_home, peak_memory_mb, perf_env, repo_root, save_result
+from .core import atomic_dir, atomic_write, biogpt_home, count_params, peak_memory_mb, perf_env, repo_root, save_result
 from .data import TokenShards, bits_per_byte, build_shards, default_data, get_tokenizer, hf_corpus
 
 # %% auto #0
 __all__ = ['PRESETS', 'PRESET_TIME', 'CPU_PRECISION', 'CKPT_PREFIX', 'TrainConfig', 'model_fields', 'model_config', 'build_model',
-           'count_params', 'get_preset', 'load_shards', 'decay_split', 'param_groups', 'lr_schedule', 'lm_loss',
-           'grad_accum_steps', 'micro_rows', 'evaluate', 'resolve_precision', 'process_state', 'make_accelerator',
-           'CheckpointError', 'checkpoints', 'latest_checkpoint', 'read_trainer_state', 'shared_atomic_dir',
-           'clean_run_dir', 'config_diff', 'check_resumable', 'RunLog', 'read_log', 'NonFiniteLossError', 'Trainer',
-           'run_summary', 'train', 'bare_steps', 'bench_trainer', 'run_preset', 'train_cli']
+           'get_preset', 'load_shards', 'decay_split', 'param_groups', 'lr_schedule', 'lm_loss', 'grad_accum_steps',
+           'micro_rows', 'evaluate', 'resolve_precision', 'process_state', 'make_accelerator', 'CheckpointError',
+           'checkpoints', 'latest_checkpoint', 'read_trainer_state', 'shared_atomic_dir', 'clean_run_dir',
+           'config_diff', 'check_resumable', 'RunLog', 'read_log', 'NonFiniteLossError', 'Trainer', 'run_summary',
+           'train', 'bare_steps', 'bench_trainer', 'run_preset', 'train_cli']
 
 # %% ../nbs/05_trainer.ipynb #8e321d53
 @dataclass
@@ -96,12 +96,6 @@ def build_model(cfg: TrainConfig, vocab_size: int, device=None) -> PreTrainedMod
     torch.manual_seed(cfg.seed)
     with torch.device(device) if device else contextlib.nullcontext():
         return AutoModelForCausalLM.from_config(model_config(cfg, vocab_size))
-
-def count_params(model) -> dict:
-    "Total parameters, and parameters outside the token and position embeddings."
-    total = sum(p.numel() for p in model.parameters())
-    emb = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    return dict(total=total, non_embedding=total - emb)
 
 # %% ../nbs/05_trainer.ipynb #6c5392f9
 _SMALL_DATA = dict(source='default', tokenizer='bpe', vocab_size=512, scale=0.02)
