@@ -331,7 +331,7 @@ def weight_floor(model: nn.Module, reps: int = 20) -> float:
     with torch.no_grad():
         for i in range(reps + 2):
             if i == 2: t0 = time.perf_counter()
-            for p, x in zip(mats, xs): F.linear(x, p) if p.dim() == 2 else torch.bmm(x, p.flatten(2))
+            for p, x in zip(mats, xs): F.linear(x, p) if p.dim() == 2 else torch.bmm(x, p)
     return (time.perf_counter() - t0) / reps
 
 def bench_generation(config: BioGPTConfig, new_tokens: int = 256, prompt: int = 8, rounds: int = 3) -> dict:
