@@ -317,6 +317,13 @@ def _train_row(runs: list[dict], tokens: int) -> dict:
     return dict(params=runs[0]['params'], step_s=step, tokens_per_s=tokens / step, flops_per_token=runs[0]['flops_per_token'],
                 peak_memory_mb=max(r['peak_memory_mb'] for r in runs), round_step_s=[statistics.median(r['step_times']) for r in runs])
 
+def _alternating_runs(variants: dict, batch: int, seq_len: int, steps: int, warmup: int, rounds: int) -> dict:
+    "The training numbers of each variant (`name: (kind, config)`): fresh processes, variants alternating over `rounds`, so a slow spell of a shared CPU falls on all."
+    runs = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, (kind, cfg) in variants.items(): runs[k].append(_in_fresh_process(_measure_train, kind, cfg.to_dict(), batch, seq_len, steps, warmup))
+    return {k: _train_row(rs, batch * seq_len) for k, rs in runs.items()}
+
 def _in_fresh_process(fn, *args):
     ctx = multiprocessing.get_context('spawn')
     q = ctx.Queue()
@@ -326,7 +333,8 @@ def _in_fresh_process(fn, *args):
 
 def weight_floor(model: nn.Module, reps: int = 20) -> float:
     "Seconds to pass one vector through every weight matrix of `model` (embeddings are lookups): what streaming the weights costs a decoding step here."
-    mats = [p.detach() for n, p in model.named_parameters() if p.dim() >= 2 and 'embed' not in n]
+    tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    mats = [p.detach() for p in model.parameters() if p.dim() >= 2 and id(p) not in tables]
     xs = [torch.randn(1, p.shape[1]) if p.dim() == 2 else torch.randn(p.shape[0], 1, p.shape[1]) for p in mats]
     with torch.no_grad():
         for i in range(reps + 2):
@@ -354,10 +362,7 @@ def bench_generation(config: BioGPTConfig, new_tokens: int = 256, prompt: int = 
 def mechanism_costs(config: BioGPTConfig, batch: int, seq_len: int, steps: int, warmup: int, rounds: int = 3) -> dict:
     "Training-step seconds of `config` and of `config` with each neuron mechanism but attention switched off: fresh processes, alternating over `rounds`."
     variants = {'all on': config, **{f'no {m}': BioGPTConfig(**{**config.to_dict(), f'use_{m}': False}) for m in MECHANISMS if m != 'attention'}}
-    times = {k: [] for k in variants}
-    for _ in range(rounds):
-        for k, c in variants.items(): times[k] += _in_fresh_process(_measure_train, 'biogpt', c.to_dict(), batch, seq_len, steps, warmup)['step_times']
-    step = {k: statistics.median(t) for k, t in times.items()}
+    step = {k: r['step_s'] for k, r in _alternating_runs({k: ('biogpt', c) for k, c in variants.items()}, batch, seq_len, steps, warmup, rounds).items()}
     return {k: dict(step_s=v, share=1 - v / step['all on']) for k, v in step.items()}  # shares against the full model timed in the same series
 
 def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, seq_len: int = 256, batch: int = 8,
@@ -366,11 +371,7 @@ def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, s
     bio = BioGPTConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, max_seq_len=max(seq_len, 2 * new_tokens))
     with torch.device('meta'): target = sum(p.numel() for p in BioGPTForCausalLM(bio).parameters())
     neox = matched_neox(bio, target)
-    runs = {'biogpt': [], 'gpt_neox': []}
-    for _ in range(rounds):                       # the models alternate, so that a slow spell of a shared machine falls on both
-        for kind, cfg in (('biogpt', bio), ('gpt_neox', neox)):
-            runs[kind].append(_in_fresh_process(_measure_train, kind, cfg.to_dict(), batch, seq_len, steps, warmup))
-    rows = {kind: _train_row(rs, batch * seq_len) for kind, rs in runs.items()}
+    rows = _alternating_runs({'biogpt': ('biogpt', bio), 'gpt_neox': ('gpt_neox', neox)}, batch, seq_len, steps, warmup, rounds)
     for r in rows.values(): r['model_tflops'] = r['tokens_per_s'] * r['flops_per_token'] / 1e12
     gen = [bench_generation(bio, new_tokens, prompt, rounds) for prompt in (8, new_tokens - 8)]
     return dict(train=rows, neox_config=dict(num_hidden_layers=neox.num_hidden_layers, intermediate_size=neox.intermediate_size,

@@ -68,12 +68,13 @@ class NMDATrace(torch.autograd.Function):
         dt = torch.promote_types(v.dtype, torch.float32)           # fp32 under any autocast dtype (fp64 for gradcheck)
         log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)          # (branches, 1, width), broadcast over batch and positions
         lam = log_lam.exp()
+        carried = None if trace0 is None else lam[..., 0, :] * trace0.to(dt)   # lambda trace_{-1}: enters the trace and the output at t = 0
         trace = (1 - lam) * v.to(dt)                                # each position's contribution, then the scan sums them
-        if trace0 is not None: trace[..., 0, :] += lam[..., 0, :] * trace0.to(dt)
+        if carried is not None: trace[..., 0, :] += carried
         _scan_(trace, log_lam)
         out = v.to(dt, copy=True)                                   # v_t + lambda trace_{t-1}
         out[..., 1:, :] += lam * trace[..., :-1, :]
-        if trace0 is not None: out[..., 0, :] += lam[..., 0, :] * trace0.to(dt)
+        if carried is not None: out[..., 0, :] += carried
         ctx.save_for_backward(v, decay, trace0, trace)
         return out.to(v.dtype), trace[..., -1, :].clone()          # a copy, so a decoding state does not pin the whole trace
 

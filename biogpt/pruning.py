@@ -446,7 +446,7 @@ def prune_cli(checkpoint: str = None,  # a trainer checkpoint folder (default: t
     "Sparsity curve, apoptosis, masked fine-tuning, structured pruning and inference speed of a trained BioGPT; writes results/<name>.json."
     prog = 'biogpt-prune' if Path(sys.argv[0]).name == 'biogpt-prune' else 'python -m biogpt.pruning'
     prune_stage(checkpoint, preset, json.loads(overrides) if overrides else None, neox, steps, name, results,  # returns nothing: a console script exits with its return value
-                       command=perf_env() + prog + ' ' + shlex.join(sys.argv[1:]), **({'eval_tokens': eval_tokens} if eval_tokens else {}))
+                command=perf_env() + prog + ' ' + shlex.join(sys.argv[1:]), **({'eval_tokens': eval_tokens} if eval_tokens else {}))
 
 # %% ../nbs/06_pruning.ipynb #271afb5c
 _ARCH_NAMES = {'biogpt': 'BioGPT', 'gpt_neox': 'GPT-NeoX'}
