@@ -162,39 +162,43 @@ def causal_attention(q, k, v, state: NeuronState | None = None, dropout_p: float
 
 # %% ../nbs/01_neuron.ipynb #d61ebac9
 class TemporalConv(nn.Conv1d):
-    "Causal convolution over positions of (B, T, channels), channels grouped by branch."
+    "Causal convolution over positions of each branch's current (B, branches, T, width), channels grouped by branch; returns (B, T, channels)."
     def __init__(self, width: int, n_branches: int, kernel: int = 5):
         super().__init__(width, width, kernel, groups=n_branches)
 
     def forward(self, x, state: NeuronState | None = None):
         K = self.kernel_size[0]
-        if state is None: x = F.pad(x, (0, 0, K - 1, 0))
-        else:
-            past = state.window if state.window is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2])
-            x = torch.cat([past.to(x.dtype), x], 1)
-            state.window = x[:, -(K - 1):]
-        if x.shape[1] == K: return self.by_windows(x)   # one new position (decoding): the faster form there, see below
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        if state is None: return self.by_conv(x, K - 1)   # the convolution pads: no padded copy of the input
+        past = state.window if state.window is not None else x.new_zeros(*x.shape[:2], K - 1, x.shape[3])
+        x = torch.cat([past.to(x.dtype), x], 2)
+        state.window = x[:, :, -(K - 1):]
+        if x.shape[2] == K: return self.by_windows(x)   # one new position (decoding): the faster form there, see below
+        return self.by_conv(x)
+
+    def by_conv(self, x, pad: int = 0):
+        "The convolution of `x` (B, branches, L, width) as one grouped `conv1d`, after `pad` zeros on the left (`pad=0`: `x` is padded already)."
+        B, nb, L, db = x.shape
+        y = F.conv1d(x.transpose(2, 3).reshape(B, nb * db, L), self.weight, self.bias, padding=pad, groups=nb)
+        return y[..., :y.shape[-1] - pad].transpose(1, 2)   # conv1d pads both sides: drop the outputs that saw the right padding
 
     def by_windows(self, x):
-        "The convolution of left-padded `x` (B, T+K-1, W): unfolded windows times each branch's kernel, one `baddbmm`."
-        K, nb = self.kernel_size[0], self.groups
-        B, W = x.shape[0], x.shape[2]
-        T, db = x.shape[1] - K + 1, W // nb
-        win = x.unfold(1, K, 1).reshape(B * T, nb, db * K).transpose(0, 1)   # (branches, B*T, width*K)
+        "The convolution of left-padded `x` (B, branches, T+K-1, width): unfolded windows times each branch's kernel, one `baddbmm`."
+        K = self.kernel_size[0]
+        B, nb, L, db = x.shape
+        T = L - K + 1
+        win = x.unfold(2, K, 1).transpose(0, 1).reshape(nb, B * T, db * K)   # (branches, B*T, width*K)
         w = self.weight.view(nb, db, db * K).transpose(1, 2)
-        return torch.baddbmm(self.bias.view(nb, 1, db), win, w).transpose(0, 1).reshape(B, T, W)
+        return torch.baddbmm(self.bias.view(nb, 1, db), win, w).view(nb, B, T, db).permute(1, 2, 0, 3).reshape(B, T, nb * db)
 
 # %% ../nbs/01_neuron.ipynb #1799c68e
 def bench_temporal_conv(batch: int = 8, seq_len: int = 256, width: int = 256, n_branches: int = 8, reps: int = 10) -> pd.DataFrame:
-    "Time of the temporal filter as grouped Conv1d and as unfolded windows: training (forward+backward) and one decoding step."
+    "Time of the temporal filter as grouped conv1d and as unfolded windows: training (forward+backward) and one decoding step."
     torch.manual_seed(0)
     conv, K = TemporalConv(width, n_branches), 5
-    conv1d = lambda x: nn.Conv1d.forward(conv, x.transpose(1, 2)).transpose(1, 2)
     rows = []
-    for regime, shape, backward, n in (('training', (batch, seq_len + K - 1, width), True, reps), ('decoding step', (1, K, width), False, 20 * reps)):
-        x = torch.randn(shape, requires_grad=backward)
-        rows += [dict(regime=regime, form=form, ms=_time(f, x, n, backward)) for form, f in (('grouped Conv1d', conv1d), ('unfold + baddbmm', conv.by_windows))]
+    for regime, T, backward, n in (('training', seq_len, True, reps), ('decoding step', 1, False, 20 * reps)):
+        x = torch.randn(batch if backward else 1, n_branches, T + K - 1, width // n_branches, requires_grad=backward)   # left-padded
+        rows += [dict(regime=regime, form=form, ms=_time(f, x, n, backward)) for form, f in (('grouped conv1d', conv.by_conv), ('unfold + baddbmm', conv.by_windows))]
     return pd.DataFrame(rows).pivot(index='regime', columns='form', values='ms').round(3)
 
 # %% ../nbs/01_neuron.ipynb #e2afccf3
@@ -246,7 +250,7 @@ class BranchNorm(nn.Module):
 
     def forward(self, x):
         y = F.layer_norm(x.unflatten(-1, (self.nb, self.db)), (self.db,), eps=self.eps).flatten(-2)
-        return y * self.weight + self.bias
+        return torch.addcmul(self.bias, y, self.weight)   # the per-channel affine in one op
 
 # %% ../nbs/01_neuron.ipynb #70fe9f20
 class FFN(nn.Module):
@@ -294,7 +298,7 @@ class EfficientBioNeuron(nn.Module):
 
     def forward(self, h, state: NeuronState | None = None):
         B, T, _ = h.shape
-        if self.has('attention'): q, k, v = self.qkv(h).view(B, T, 3, self.nb, self.db).permute(2, 0, 3, 1, 4)
+        if self.has('attention'): q, k, v = (t.transpose(1, 2) for t in self.qkv(h).view(B, T, 3, self.nb, self.db).unbind(2))  # (B, branches, T, width) views
         else: v = self.v(h).view(B, T, self.nb, self.db).transpose(1, 2)      # (B, branches, T, width)
         current = v                                                              # the branch input, before the trace
         if self.has('nmda'):
@@ -302,7 +306,7 @@ class EfficientBioNeuron(nn.Module):
             if state is not None: state.trace = trace
         if self.has('attention'): v = causal_attention(q, k, v, state, self.dropout if self.training else 0.0)
         b = v.transpose(1, 2).reshape(B, T, -1)
-        if self.has('temporal_conv'): b = b + self.conv(current.transpose(1, 2).reshape(B, T, -1), state)
+        if self.has('temporal_conv'): b = b + self.conv(current, state)
         if self.has('branch_ffn'): b = b + self.branch_ffn(b)
         if self.has('branch_norm'): b = self.branch_norm(b)
         s = self.soma_proj(b)

@@ -27,11 +27,11 @@ from .data import TokenShards, bits_per_byte, build_shards, default_data, get_to
 
 # %% auto #0
 __all__ = ['PRESETS', 'PRESET_TIME', 'CPU_PRECISION', 'CKPT_PREFIX', 'TrainConfig', 'model_fields', 'model_config', 'build_model',
-           'get_preset', 'load_shards', 'decay_split', 'param_groups', 'lr_schedule', 'lm_loss', 'grad_accum_steps',
-           'micro_rows', 'evaluate', 'resolve_precision', 'process_state', 'make_accelerator', 'CheckpointError',
-           'checkpoints', 'latest_checkpoint', 'read_trainer_state', 'shared_atomic_dir', 'clean_run_dir',
-           'config_diff', 'check_resumable', 'RunLog', 'read_log', 'NonFiniteLossError', 'Trainer', 'run_summary',
-           'train', 'bare_steps', 'bench_trainer', 'run_preset', 'train_cli']
+           'get_preset', 'load_shards', 'decay_split', 'param_groups', 'make_optimizer', 'lr_schedule', 'lm_loss',
+           'grad_accum_steps', 'micro_rows', 'evaluate', 'resolve_precision', 'process_state', 'make_accelerator',
+           'CheckpointError', 'checkpoints', 'latest_checkpoint', 'read_trainer_state', 'shared_atomic_dir',
+           'clean_run_dir', 'config_diff', 'check_resumable', 'RunLog', 'read_log', 'NonFiniteLossError', 'Trainer',
+           'run_summary', 'train', 'bare_steps', 'bench_trainer', 'run_preset', 'train_cli']
 
 # %% ../nbs/05_trainer.ipynb #8e321d53
 @dataclass
@@ -162,6 +162,10 @@ def param_groups(model, weight_decay: float) -> list[dict]:
     decay, exempt = decay_split(model)
     params = dict(model.named_parameters())
     return [dict(params=[params[n] for n in decay], weight_decay=weight_decay), dict(params=[params[n] for n in exempt], weight_decay=0.0)]
+
+def make_optimizer(model, cfg) -> torch.optim.AdamW:
+    "AdamW over `param_groups` with the recipe's learning rate and betas, fused: one kernel over all tensors instead of a dozen ops per tensor (measured below)."
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
 
 # %% ../nbs/05_trainer.ipynb #a5f4871a
 def lr_schedule(optimizer, cfg: TrainConfig):
@@ -351,7 +355,7 @@ class Trainer:
             raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than the data's {self.shards.vocab_size}")
         self.params = count_params(model)
         if cfg.grad_checkpointing: model.activation_checkpointing_enable(dict(use_reentrant=False))
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+        opt = make_optimizer(model, cfg)
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, lr_schedule(opt, cfg))
         self.acc.register_save_state_pre_hook(self._save_weights)
         self.acc.register_load_state_pre_hook(self._load_weights)
@@ -535,7 +539,7 @@ def bare_steps(model, opt, batches, accum: int, micro_batch: int, grad_clip: flo
 
 def _bare(cfg, shards, device):
     model = build_model(cfg, shards.vocab_size).to(device).train()
-    return model, torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    return model, make_optimizer(model, cfg)
 
 def _alternate(blocks: int, runs: dict) -> dict[str, list[float]]:
     "Seconds of each of `runs` (name: function returning its seconds) over `blocks` blocks, the order flipping every block."
