@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #308ff451
 from __future__ import annotations
-import contextlib, datetime, json, os, platform, resource, shutil, subprocess, sys, tempfile
+import contextlib, datetime, importlib.metadata, json, os, platform, resource, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 import torch
 
 # %% auto #0
-__all__ = ['PERF_ENV', 'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'run_info', 'peak_memory_mb',
-           'perf_env', 'embedding_modules', 'count_params', 'save_result', 'load_result', 'provenance']
+__all__ = ['STACK', 'PERF_ENV', 'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info',
+           'peak_memory_mb', 'perf_env', 'embedding_modules', 'count_params', 'save_result', 'load_result',
+           'provenance']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -82,11 +83,15 @@ def _cpu_name() -> str:
             if line.startswith('model name'): return line.split(':', 1)[1].strip()
     return platform.processor() or platform.machine()
 
+STACK = ('torch', 'transformers', 'accelerate', 'datasets', 'tokenizers')  # the packages whose version can change a result
+
+def versions() -> dict:
+    "Python's version and the installed versions of the `STACK` packages."
+    return dict(python=platform.python_version(), **{p: importlib.metadata.version(p) for p in STACK})
+
 def run_info() -> dict:
     "Hardware, software versions, git commit and time of this run."
-    import transformers
-    info = dict(commit=git_commit(), time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
+    info = dict(commit=git_commit(), time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), **versions(),
                 platform=platform.platform(), cpu=_cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
     with contextlib.suppress(ValueError, OSError):
         info['ram_gb'] = round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1)
@@ -141,4 +146,4 @@ def provenance(result: dict) -> str:
     "One line saying which command, commit, machine and time produced `result`."
     run = result['run']
     hw = ', '.join(run.get('gpu') or [f"{run.get('cpu')} ({run.get('cpu_count')} cores)"])
-    return f"`{result['command']}` at commit {str(result['commit'])[:12]} on {hw}, {run.get('time')}, torch {run.get('torch')}"
+    return f"`{result['command']}` at commit {str(result['commit'])[:12]} on {hw}, {run.get('time')}, torch {run.get('torch')}, transformers {run.get('transformers')}"

@@ -8,7 +8,8 @@
 5. every notebook runs top to bottom on CPU (`nbdev.test.test_nb`, the function behind `nbdev_test`),
    skipping cells flagged with a `tst_flags` flag (`slow`).
 
-Prints one line per check and a closing `N passed, N failed` line; exits non-zero on any failure.
+Prints the versions of Python and the packages that can change a result, one line per check and a closing
+`N passed, N failed` line; exits non-zero on any failure.
 """
 import hashlib, os, re, subprocess, sys, time
 from pathlib import Path
@@ -89,6 +90,8 @@ def run_notebooks():
 
 
 def main():
+    from biogpt.core import versions
+    print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions().items()), flush=True)
     results = []
     for name, check in [('notebooks are clean', check_clean), ('library is in sync', check_export),
                         ('README is in sync', check_readme), ('CI runs the README test command', check_ci),
