@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 from fastcore.script import call_parse
 
-from .core import biogpt_home, save_result
+from .core import biogpt_home, save_result, user_errors
 from .data import data_table, default_data
 from .pruning import prune_stage
-from .trainer import get_preset, train
+from .trainer import export_checkpoint, get_preset, train
 
 # %% auto #0
-__all__ = ['run_data', 'run_train', 'run_prune', 'main']
+__all__ = ['run_data', 'run_train', 'run_prune', 'main', 'export_cli']
 
 # %% ../nbs/09_cli.ipynb #c7f141db
 def run_data(tokenizer: str = 'auto', vocab_size: int = 8192, scale: float = 1.0, home=None, results=None) -> dict:
@@ -37,7 +37,8 @@ def run_train(shards, preset: str = 'cpu', arch: str = 'biogpt', home=None, resu
     name = f"train_{preset}{'' if arch == 'biogpt' else '_' + arch}"
     cfg = get_preset(preset, arch, **overrides)
     t0 = time.perf_counter()
-    s = train(cfg, Path(home or biogpt_home())/'runs'/name, name=name, resume=True, results=results, command=command, shards=shards)
+    run_dir = Path(home or biogpt_home())/'runs'/name
+    s = train(cfg, run_dir, name=name, resume=True, results=results, command=command, shards=shards, model_dir=run_dir/'model')
     table = pd.DataFrame(s['eval']).T[['loss', 'ppl', 'bpb', 'tokens']]
     print(f"{cfg.arch} ({s['params']['total'] / 1e6:.1f}M parameters), {s['steps']} steps, {s['tokens']:,} tokens at {s['tokens_per_s']:,.0f} tokens/s "
           f"({time.perf_counter() - t0:.0f}s); peak memory {s['peak_mem_mb']:,.0f} MiB\n\n{table.round(4).to_string()}\n")
@@ -60,7 +61,17 @@ def main(tokenizer: str = 'auto',  # 'auto' (GPT-NeoX-20B where it loads, else a
          data_only: bool = False,  # stop after stage 1
          no_prune: bool = False):  # stop after stage 2
     "Run the BioGPT pipeline on the embedded default data: build the data, train, prune."
-    data = run_data(tokenizer, vocab_size, scale)
-    if data_only: return
-    run_train(data['shards'], preset, data=dict(tokenizer=tokenizer, vocab_size=vocab_size, scale=scale))
-    if not no_prune: run_prune(preset)
+    with user_errors('biogpt'):
+        get_preset(preset)  # an unknown preset fails before any work is done
+        data = run_data(tokenizer, vocab_size, scale)
+        if data_only: return
+        run_train(data['shards'], preset, data=dict(tokenizer=tokenizer, vocab_size=vocab_size, scale=scale))
+        if not no_prune: run_prune(preset)
+
+# %% ../nbs/09_cli.ipynb #3b5d7e06
+@call_parse
+def export_cli(checkpoint: str,  # a trainer checkpoint: <run_dir>/checkpoints/step-NNNNNN
+               out: str):  # the model folder to write
+    "Write a trainer checkpoint (a pruned one too) as a self-contained Hugging Face model folder with a model card."
+    with user_errors('biogpt-export'):
+        print(f'wrote {export_checkpoint(checkpoint, out)}: load it with AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)')

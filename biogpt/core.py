@@ -12,7 +12,7 @@ import torch
 # %% auto #0
 __all__ = ['STACK', 'PERF_ENV', 'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info',
            'peak_memory_mb', 'perf_env', 'embedding_modules', 'count_params', 'save_result', 'load_result',
-           'provenance']
+           'provenance', 'UserError', 'invoked_as', 'user_errors', 'json_option']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -147,3 +147,27 @@ def provenance(result: dict) -> str:
     run = result['run']
     hw = ', '.join(run.get('gpu') or [f"{run.get('cpu')} ({run.get('cpu_count')} cores)"])
     return f"`{result['command']}` at commit {str(result['commit'])[:12]} on {hw}, {run.get('time')}, torch {run.get('torch')}, transformers {run.get('transformers')}"
+
+# %% ../nbs/00_core.ipynb #9e7a0c02
+class UserError(ValueError):
+    "A mistake in what was asked for, with what to do about it in the message: commands print it as one line."
+
+def invoked_as(script: str, module: str) -> str:
+    "How this process was started: console script `script`, else `python -m module`."
+    return script if Path(sys.argv[0]).name == script else f'python -m {module}'
+
+@contextlib.contextmanager
+def user_errors(prog: str):
+    "Print a `UserError` raised inside as `prog: error: message` on stderr and exit with status 2; other exceptions pass through."
+    try: yield
+    except UserError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None
+
+def json_option(text: str | None, option: str) -> dict:
+    "The JSON object given on the command line as `option` ({} when absent), or a `UserError` showing the expected form."
+    if not text: return {}
+    try: value = json.loads(text)
+    except json.JSONDecodeError as e: raise UserError(f"{option} is not valid JSON ({e}): give an object, e.g. {option} '{{\"lr\": 0.001}}'") from None
+    if not isinstance(value, dict): raise UserError(f"{option} must be a JSON object of field names and values, got {text!r}")
+    return value

@@ -17,7 +17,7 @@ import torch
 from fastcore.script import call_parse
 from tqdm.auto import tqdm
 
-from .core import atomic_dir, atomic_write, biogpt_home, save_result
+from .core import UserError, atomic_dir, atomic_write, biogpt_home, invoked_as, save_result, user_errors
 
 # %% auto #0
 __all__ = ['PROBLEMS', 'SPLITS', 'DEFAULT_BYTES', 'TEXT_SUFFIXES', 'EOS', 'PAD', 'NEOX_TOKENIZER', 'SHARD_FORMAT', 'play_text',
@@ -274,7 +274,7 @@ def default_corpus(scale: float = 1.0, seed: int = 0, valid_frac: float = 0.1) -
     return Corpus.from_domains(domains, sources, valid_frac)
 
 # %% ../nbs/00_data.ipynb #4a1363f4
-class HubUnavailableError(ConnectionError):
+class HubUnavailableError(UserError, ConnectionError):
     "The Hugging Face Hub cannot be reached."
 
 def _offline() -> bool: return os.environ.get('HF_HUB_OFFLINE', '').upper() in {'1', 'ON', 'YES', 'TRUE'}
@@ -352,7 +352,7 @@ NEOX_TOKENIZER = 'EleutherAI/gpt-neox-20b'
 def train_bpe(corpus: Corpus, vocab_size: int = 8192) -> PreTrainedTokenizerFast:
     "A byte-level BPE trained on the training split of `corpus`, with GPT-NeoX's special tokens."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    if vocab_size < 258: raise ValueError(f'vocab_size must be at least 258 (256 bytes + 2 special tokens), got {vocab_size}')
+    if vocab_size < 258: raise UserError(f'vocab_size must be at least 258 (256 bytes + 2 special tokens), got {vocab_size}')
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -390,7 +390,7 @@ def get_tokenizer(spec: str = 'auto', corpus: Corpus | None = None, vocab_size: 
         if corpus is None: raise ValueError("tokenizer='bpe' needs the corpus to train on")
         return _bpe(corpus, vocab_size, home)
     tok = _pretrained(spec)
-    if not tok.is_fast: raise ValueError(f'{spec!r} has no fast (Rust) tokenizer, which token shards need')
+    if not tok.is_fast: raise UserError(f'{spec!r} has no fast (Rust) tokenizer, which token shards need')
     return tok
 
 # %% ../nbs/00_data.ipynb #11441c4f
@@ -408,7 +408,7 @@ def token_bytes(tok) -> np.ndarray:
 # %% ../nbs/00_data.ipynb #772ce9c7
 SHARD_FORMAT = 1
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     "Token shards that are missing, corrupt, or built from other inputs."
 
 def shard_dtype(vocab_size: int, dtype=None) -> np.dtype:
@@ -623,16 +623,17 @@ def data_cli(tokenizer: str = 'auto',  # 'auto' (GPT-NeoX-20B, else BPE), 'bpe',
              rebuild: bool = False,  # build the shards again even if cached
              bench: bool = False):  # benchmark the build and sampling instead
     "Build (or find) the default corpus, tokenizer and token shards, and print the per-domain table."
-    if bench:
-        r = data_bench(tokenizer if tokenizer != 'auto' else 'bpe', vocab_size)
-        t = r['timings']
-        print(f"build from nothing: corpus {t['corpus_s']:.1f}s + tokenizer {t['tokenizer_s']:.1f}s + shards {t['shards_s']:.1f}s "
-              f"= {t['build_total_s']:.1f}s (target <= 90s: {'met' if t['build_total_s'] <= 90 else 'MISSED'}); cached: {t['cached_s']:.2f}s")
-        for k, v in r['sample_tokens_per_s'].items():
-            print(f"sampling {k}: {v / 1e6:.1f}M tokens/s (target >= 1M: {'met' if v >= 1e6 else 'MISSED'})")
-        save_result('data_bench', r, command='biogpt-data --bench' + (f' --tokenizer {tokenizer}' if tokenizer != 'auto' else ''),
-                    config=dict(tokenizer=tokenizer, vocab_size=vocab_size), seeds=[0], timings=r['timings'])
-        return
-    shards = default_data(tokenizer, vocab_size, scale=scale, rebuild=rebuild)
-    print(f'{shards}\nat {shards.root}\n')
-    print(data_table(shards).to_string(index=False))
+    with user_errors(invoked_as('biogpt-data', 'biogpt.data')):
+        if bench:
+            r = data_bench(tokenizer if tokenizer != 'auto' else 'bpe', vocab_size)
+            t = r['timings']
+            print(f"build from nothing: corpus {t['corpus_s']:.1f}s + tokenizer {t['tokenizer_s']:.1f}s + shards {t['shards_s']:.1f}s "
+                  f"= {t['build_total_s']:.1f}s (target <= 90s: {'met' if t['build_total_s'] <= 90 else 'MISSED'}); cached: {t['cached_s']:.2f}s")
+            for k, v in r['sample_tokens_per_s'].items():
+                print(f"sampling {k}: {v / 1e6:.1f}M tokens/s (target >= 1M: {'met' if v >= 1e6 else 'MISSED'})")
+            save_result('data_bench', r, command='biogpt-data --bench' + (f' --tokenizer {tokenizer}' if tokenizer != 'auto' else ''),
+                        config=dict(tokenizer=tokenizer, vocab_size=vocab_size), seeds=[0], timings=r['timings'])
+            return
+        shards = default_data(tokenizer, vocab_size, scale=scale, rebuild=rebuild)
+        print(f'{shards}\nat {shards.root}\n')
+        print(data_table(shards).to_string(index=False))

@@ -243,6 +243,10 @@ class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
 AutoConfig.register(BioGPTConfig.model_type, BioGPTConfig, exist_ok=True)
 AutoModel.register(BioGPTConfig, BioGPTModel, exist_ok=True)
 AutoModelForCausalLM.register(BioGPTConfig, BioGPTForCausalLM, exist_ok=True)
+# and for remote code: save_pretrained writes `auto_map` and copies this module and the modules it imports beside the weights
+BioGPTConfig.register_for_auto_class()
+BioGPTModel.register_for_auto_class('AutoModel')
+BioGPTForCausalLM.register_for_auto_class('AutoModelForCausalLM')
 
 # %% ../nbs/04_model.ipynb #6a9c0b22
 @torch.no_grad()

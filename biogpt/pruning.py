@@ -24,11 +24,11 @@ from fastcore.script import call_parse
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from .core import biogpt_home, count_params, embedding_modules, perf_env, save_result
+from .core import biogpt_home, count_params, embedding_modules, invoked_as, json_option, perf_env, save_result, user_errors
 from .cortical import CorticalLayer
 from .model import BioGPTForCausalLM
 from .neuron import BranchFFN, EfficientBioNeuron
-from .trainer import TrainConfig, Trainer, evaluate, get_preset, latest_checkpoint, lm_loss, load_shards, read_trainer_state, train
+from .trainer import TrainConfig, Trainer, evaluate, get_preset, latest_checkpoint, lm_loss, load_shards, read_trainer_state, train, verify_checkpoint
 
 # %% auto #0
 __all__ = ['LINEAR_MAPS', 'SPARSITIES', 'STRUCTURED', 'register_linear_map', 'prunable_weights', 'scope_table',
@@ -414,7 +414,7 @@ def _base(checkpoint, preset: str, arch: str, overrides: dict, runs: Path, log) 
             train(cfg, run_dir, verbose=False)
         checkpoint = latest_checkpoint(run_dir)
     checkpoint = Path(checkpoint)
-    state = read_trainer_state(checkpoint)
+    state = verify_checkpoint(checkpoint)
     cfg = TrainConfig(**{**state['config'], 'betas': tuple(state['config']['betas'])})
     return AutoModelForCausalLM.from_pretrained(checkpoint), cfg, str(checkpoint)
 
@@ -444,9 +444,10 @@ def prune_cli(checkpoint: str = None,  # a trainer checkpoint folder (default: t
               name: str = 'pruning',  # results name
               results: str = None):  # folder of the results file (default: the repository's results/)
     "Sparsity curve, apoptosis, masked fine-tuning, structured pruning and inference speed of a trained BioGPT; writes results/<name>.json."
-    prog = 'biogpt-prune' if Path(sys.argv[0]).name == 'biogpt-prune' else 'python -m biogpt.pruning'
-    prune_stage(checkpoint, preset, json.loads(overrides) if overrides else None, neox, steps, name, results,  # returns nothing: a console script exits with its return value
-                command=perf_env() + prog + ' ' + shlex.join(sys.argv[1:]), **({'eval_tokens': eval_tokens} if eval_tokens else {}))
+    prog = invoked_as('biogpt-prune', 'biogpt.pruning')
+    with user_errors(prog):
+        prune_stage(checkpoint, preset, json_option(overrides, '--overrides'), neox, steps, name, results,  # returns nothing: a console script exits with its return value
+                    command=perf_env() + prog + ' ' + shlex.join(sys.argv[1:]), **({'eval_tokens': eval_tokens} if eval_tokens else {}))
 
 # %% ../nbs/06_pruning.ipynb #271afb5c
 _ARCH_NAMES = {'biogpt': 'BioGPT', 'gpt_neox': 'GPT-NeoX'}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_trainer.ipynb #5dd1ce44
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, shutil, statistics, sys, tempfile, time, warnings
+import contextlib, dataclasses, json, math, os, shutil, statistics, sys, tempfile, time, warnings, zipfile
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -17,21 +17,26 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, is_tensorboard_available, parse_flag_from_env, set_seed
 from fastcore.basics import patch
 from fastcore.script import call_parse
-from safetensors.torch import load_model
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model
 from tqdm.auto import tqdm
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
 from transformers.pytorch_utils import Conv1D
 
-from .core import atomic_dir, atomic_write, biogpt_home, count_params, peak_memory_mb, perf_env, repo_root, save_result
+from .core import (UserError, atomic_dir, atomic_write, biogpt_home, count_params, invoked_as, json_option, peak_memory_mb, perf_env,
+                         repo_root, save_result, user_errors)
 from .data import TokenShards, bits_per_byte, build_shards, default_data, get_tokenizer, hf_corpus
+import biogpt.model  # registers the 'biogpt_dendritic' model type with the Auto classes
 
 # %% auto #0
 __all__ = ['PRESETS', 'PRESET_TIME', 'CPU_PRECISION', 'CKPT_PREFIX', 'TrainConfig', 'model_fields', 'model_config', 'build_model',
            'get_preset', 'load_shards', 'decay_split', 'param_groups', 'make_optimizer', 'lr_schedule', 'lm_loss',
            'grad_accum_steps', 'micro_rows', 'evaluate', 'resolve_precision', 'process_state', 'make_accelerator',
-           'CheckpointError', 'checkpoints', 'latest_checkpoint', 'read_trainer_state', 'shared_atomic_dir',
-           'clean_run_dir', 'config_diff', 'check_resumable', 'RunLog', 'read_log', 'NonFiniteLossError', 'Trainer',
-           'run_summary', 'train', 'bare_steps', 'bench_trainer', 'run_preset', 'train_cli']
+           'CheckpointError', 'CorruptCheckpointError', 'checkpoints', 'latest_checkpoint', 'read_trainer_state',
+           'verify_checkpoint', 'shared_atomic_dir', 'clean_run_dir', 'config_diff', 'check_resumable', 'RunLog',
+           'read_log', 'NonFiniteLossError', 'Trainer', 'run_summary', 'train', 'model_card', 'write_model_folder',
+           'export_checkpoint', 'bare_steps', 'bench_trainer', 'run_preset', 'train_cli']
 
 # %% ../nbs/05_trainer.ipynb #8e321d53
 @dataclass
@@ -71,24 +76,25 @@ class TrainConfig:
 def model_fields(arch: str, d_model: int, n_layers: int, seq_len: int) -> dict:
     "The config fields (with `model_type`) of a `d_model`-wide, `n_layers`-deep model of type `arch` for sequences of `seq_len`."
     if arch == 'biogpt':
-        import biogpt.model  # registers 'biogpt_dendritic' with AutoConfig and AutoModelForCausalLM
         return dict(model_type=biogpt.model.BioGPTConfig.model_type, d_model=d_model, n_layers=n_layers, max_seq_len=seq_len)
     if arch == 'gpt_neox':
         return dict(model_type=arch, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=max(1, d_model // 64),
                     intermediate_size=4 * d_model, max_position_embeddings=seq_len, tie_word_embeddings=False)
     if arch in CONFIG_MAPPING: return dict(model_type=arch)  # another registered architecture: its size comes from model_kwargs
-    raise ValueError(f"unknown arch {arch!r}: use 'biogpt', 'gpt_neox' or another transformers model type (with its fields in model_kwargs)")
+    raise UserError(f"unknown arch {arch!r}: use 'biogpt', 'gpt_neox' or another transformers model type (with its fields in model_kwargs)")
 
 def model_config(cfg: TrainConfig, vocab_size: int):
     "The transformers config of the model `cfg` describes, for a vocabulary of `vocab_size` tokens."
     fields = {**model_fields(cfg.arch, cfg.d_model, cfg.n_layers, cfg.seq_len), 'vocab_size': vocab_size, **cfg.model_kwargs}
     if fields['vocab_size'] < vocab_size:
-        raise ValueError(f"model vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}: leave it unset or pad it up")
+        raise UserError(f"model vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}: leave it unset or pad it up")
     model_type = fields.pop('model_type')
     known = CONFIG_MAPPING[model_type]().to_dict().keys()
     if unknown := sorted(set(fields) - known):
-        raise ValueError(f'{model_type} configs have no field {", ".join(map(repr, unknown))}: check model_kwargs')
-    return AutoConfig.for_model(model_type, **fields)
+        raise UserError(f'{model_type} configs have no field {", ".join(map(repr, unknown))}: check model_kwargs')
+    try: return AutoConfig.for_model(model_type, **fields)
+    except StrictDataclassError as e:  # the config's own validation, which names the field
+        raise UserError(f'invalid {model_type} config: {e.__cause__ or e}: check model_kwargs') from None
 
 # %% ../nbs/05_trainer.ipynb #da3613bb
 def build_model(cfg: TrainConfig, vocab_size: int, device=None) -> PreTrainedModel:
@@ -119,12 +125,12 @@ PRESET_TIME = {'tiny': 'seconds on a CPU (tests)', 'cpu': 'about 10 minutes on a
 
 def get_preset(name: str, arch: str = 'biogpt', **overrides) -> TrainConfig:
     "The `TrainConfig` of preset `name` for architecture `arch`, with `overrides` (`model_kwargs` and `data` merge)."
-    if name not in PRESETS: raise KeyError(f'unknown preset {name!r}: choose one of {", ".join(PRESETS)}')
+    if name not in PRESETS: raise UserError(f'unknown preset {name!r}: choose one of {", ".join(PRESETS)}')
     p = {**PRESETS[name], 'arch': arch}
     for k in ('model_kwargs', 'data'):
         if k in overrides: overrides[k] = {**p.get(k, {}), **overrides[k]}
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown: raise TypeError(f'unknown TrainConfig fields {sorted(unknown)}')
+    if unknown: raise UserError(f'unknown TrainConfig fields {sorted(unknown)}: choose among {", ".join(f.name for f in dataclasses.fields(TrainConfig))}')
     return TrainConfig(**{**p, **overrides})
 
 # %% ../nbs/05_trainer.ipynb #38f2edab
@@ -252,8 +258,11 @@ def make_accelerator(cfg: TrainConfig, run_dir=None) -> Accelerator:
 # %% ../nbs/05_trainer.ipynb #b04ffb04
 CKPT_PREFIX = 'step-'
 
-class CheckpointError(RuntimeError):
-    "A checkpoint that is missing, incomplete, or from another model or run."
+class CheckpointError(UserError):
+    "A checkpoint that is missing, not a trainer checkpoint, or from another model or run."
+
+class CorruptCheckpointError(CheckpointError):
+    "A checkpoint with a file that is missing or does not read."
 
 def checkpoints(run_dir) -> list[Path]:
     "The complete checkpoints of `run_dir`, oldest first."
@@ -267,14 +276,34 @@ def latest_checkpoint(run_dir) -> Path | None:
     return (checkpoints(run_dir) or [None])[-1]
 
 def read_trainer_state(path) -> dict:
-    "The `trainer_state.json` of checkpoint `path`, with a clear error when the folder is missing or incomplete."
+    "The `trainer_state.json` of checkpoint `path`, with a clear error when the folder is missing, foreign or incomplete."
     path = Path(path)
-    if not path.is_dir(): raise CheckpointError(f'no checkpoint folder at {path}')
-    parts = {'trainer_state.json': ['trainer_state.json'], 'weights': ['model.safetensors', 'pytorch_model_fsdp*'], 'optimizer': ['optimizer*']}
+    if not path.is_dir(): raise CheckpointError(f'no checkpoint folder at {path}: give a checkpoints/{CKPT_PREFIX}NNNNNN folder of a biogpt-train run')
+    if not (path/'trainer_state.json').exists():
+        raise CheckpointError(f'{path} is not a biogpt-train checkpoint (it has no trainer_state.json): '
+                              f'give a checkpoints/{CKPT_PREFIX}NNNNNN folder of a biogpt-train run')
+    parts = {'weights': ['model.safetensors', 'pytorch_model_fsdp*'], 'optimizer': ['optimizer*']}
     missing = [k for k, pats in parts.items() if not any(any(path.glob(p)) for p in pats)]  # (FSDP names its files its own way)
-    if missing: raise CheckpointError(f'checkpoint {path} is incomplete (no {", ".join(missing)}): delete it and resume from an earlier one')
+    if missing: raise CorruptCheckpointError(f'checkpoint {path} is incomplete (no {", ".join(missing)})')
     try: return json.loads((path/'trainer_state.json').read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CheckpointError(f'corrupt {path/"trainer_state.json"} ({e}): delete {path} and resume from an earlier one') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CorruptCheckpointError(f'checkpoint {path} is corrupt: trainer_state.json does not read ({e})') from None
+
+def _check_file(f: Path):
+    "Read every byte of a checkpoint file that can be checked without building a model; raise on the first fault."
+    if f.suffix == '.safetensors':
+        with safe_open(f, 'pt') as st: st.keys()  # the header must parse and cover exactly the file's bytes
+    elif f.suffix in ('.bin', '.pkl', '.pt'):     # torch.save writes zip archives, whose members carry CRCs
+        with zipfile.ZipFile(f) as z:
+            if bad := z.testzip(): raise ValueError(f'{bad} fails its CRC check')
+    elif f.suffix == '.json': json.loads(f.read_text())
+
+def verify_checkpoint(path) -> dict:
+    "The trainer state of checkpoint `path` once every file in it reads; `CorruptCheckpointError` naming the first that does not."
+    state = read_trainer_state(path)
+    for f in sorted(p for p in Path(path).iterdir() if p.is_file()):
+        try: _check_file(f)
+        except Exception as e: raise CorruptCheckpointError(f'checkpoint {path} is corrupt: {f.name} does not read ({type(e).__name__}: {e})') from None
+    return state
 
 @contextlib.contextmanager
 def shared_atomic_dir(accelerator: Accelerator, path):
@@ -381,16 +410,41 @@ class Trainer:
             models.clear()
 
 # %% ../nbs/05_trainer.ipynb #ba89c7f9
+def _set_aside(path: Path) -> Path:
+    "Rename corrupt checkpoint `path` to `corrupt-<name>` (numbered if taken), where no listing or rotation of checkpoints sees it."
+    for n in range(1000):
+        aside = path.with_name(f'corrupt-{path.name}' + (f'.{n}' if n else ''))
+        if not aside.exists(): os.replace(path, aside); return aside
+    raise CheckpointError(f'too many corrupt copies of {path.name} beside it: inspect and remove them')
+
+@patch
+def _intact_checkpoint(self: Trainer) -> Path | None:
+    "The newest checkpoint of the run folder whose files all read; corrupt newer ones are named and set aside."
+    found, corrupt = None, []
+    for path in reversed(checkpoints(self.run_dir)):
+        try: verify_checkpoint(path); found = path; break
+        except CorruptCheckpointError as e: corrupt.append((path, e))
+    if corrupt and found is None:
+        raise CheckpointError(f'every checkpoint in {self.run_dir/"checkpoints"} is corrupt ({"; ".join(str(e) for _, e in corrupt)}): '
+                              'start a new run in another folder')
+    self.acc.wait_for_everyone()  # every process has read the folder before the main process renames anything in it
+    if self.acc.is_main_process:
+        for path, e in corrupt: print(f'{e}: resuming from {found.name} instead; the corrupt checkpoint is kept as {_set_aside(path).name}')
+    self.acc.wait_for_everyone()
+    return found
+
 @patch
 def _resume(self: Trainer, resume):
-    path = latest_checkpoint(self.run_dir) if resume is True else (Path(resume) if resume else None)
+    path = self._intact_checkpoint() if resume is True else (Path(resume) if resume else None)
     if path is None:
         if latest_checkpoint(self.run_dir) is not None:
             raise CheckpointError(f'{self.run_dir} already holds checkpoints (latest {latest_checkpoint(self.run_dir).name}): '
                                   'pass resume=True (--resume) to continue that run, or choose another run folder')
         self.log.truncate(0)
         return
-    state = read_trainer_state(path)
+    try: state = verify_checkpoint(path)
+    except CorruptCheckpointError as e:
+        raise CorruptCheckpointError(f'{e}: resume from another checkpoint, or with --resume to take the newest intact one') from None
     check_resumable(state, self.unwrapped.config.to_dict(), self.cfg, self.shards.meta['key'], path)
     self.acc.load_state(path)
     self.step, self.tokens = state['step'], state['tokens']
@@ -504,8 +558,9 @@ def run_summary(log_path, trainer: Trainer) -> dict:
                 eval={d: v for d, v in final.items() if isinstance(v, dict)})
 
 def train(cfg: TrainConfig, run_dir, name: str | None = None, resume: bool | str = False, results=None, command: str = 'biogpt-train',
-          shards: TokenShards | None = None, model: PreTrainedModel | None = None, verbose: bool = True) -> dict:
-    "Train `cfg` (or the given `model` with `cfg`'s recipe) to the end in `run_dir`; with a `name`, record `results/<name>.json` and the log as `results/<name>.jsonl`."
+          shards: TokenShards | None = None, model: PreTrainedModel | None = None, verbose: bool = True, model_dir=None) -> dict:
+    """Train `cfg` (or the given `model` with `cfg`'s recipe) to the end in `run_dir`; with a `name`, record `results/<name>.json` and the log
+    as `results/<name>.jsonl`; with a `model_dir`, write the final model there as a self-contained folder (`write_model_folder`)."""
     t0 = time.perf_counter()
     tr = Trainer(cfg, run_dir, shards=shards, model=model, resume=resume, verbose=verbose)
     tr.fit()
@@ -517,8 +572,60 @@ def train(cfg: TrainConfig, run_dir, name: str | None = None, resume: bool | str
         save_result(name, {**summary, 'log': f'{name}.jsonl', 'run_dir': str(tr.run_dir)}, command=command,
                     config={**cfg.to_dict(), 'model_config': tr.unwrapped.config.to_diff_dict()}, seeds=[cfg.seed],
                     timings=dict(wall_s=round(time.perf_counter() - t0, 1), train_s=summary['train_s']), folder=folder)
+    if model_dir and tr.acc.is_main_process:
+        card = model_card(tr.unwrapped, cfg, tr.step, tr.tokens, summary['eval'], source=f'run {tr.run_dir.name}')
+        write_model_folder(tr.unwrapped, tr.shards.tokenizer(), model_dir, card)
     tr.acc.end_training()
     return summary
+
+# %% ../nbs/05_trainer.ipynb #5a1b2c02
+def model_card(model: PreTrainedModel, cfg: TrainConfig, steps: int, tokens: int, evaluation: dict, source: str) -> str:
+    "A Hugging Face model card (README.md): what the model is, how to load it, its training recipe and budget, its evaluation."
+    counts, remote = count_params(model), ', trust_remote_code=True' if type(model)._auto_class else ''  # (set by register_for_auto_class)
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ('tensorboard',)}
+    return '\n'.join([
+        '---', 'library_name: transformers', 'pipeline_tag: text-generation', f'tags: [{model.config.model_type}, biogpt]', '---', '',
+        f'# {model.config.model_type}: {counts["total"]:,} parameters ({counts["non_embedding"]:,} non-embedding)', '',
+        f'Trained with the `biogpt` library from `{source}`: {steps:,} steps, {tokens:,} tokens '
+        f'({tokens / counts["non_embedding"]:.2f} tokens per non-embedding parameter).', '',
+        '## Use', '', '```python', 'from transformers import AutoModelForCausalLM, AutoTokenizer',
+        f'tokenizer = AutoTokenizer.from_pretrained(folder{remote})', f'model = AutoModelForCausalLM.from_pretrained(folder{remote})', '```', '',
+        '## Training configuration', '', '| field | value |', '|---|---|', *(f'| {k} | `{v}` |' for k, v in recipe.items()), '',
+        '## Evaluation', '', 'Validation split of the training data (held out), per domain: loss in nats per token, perplexity, bits per byte.', '',
+        '| domain | loss | ppl | bpb | tokens |', '|---|---|---|---|---|',
+        *(f"| {d} | {v['loss']:.4f} | {v['ppl']:.2f} | {v['bpb']:.4f} | {v['tokens']:,} |" for d, v in evaluation.items()), ''])
+
+def write_model_folder(model: PreTrainedModel, tokenizer, out, card: str) -> Path:
+    "Write `model` (config, weights, generation config, modeling code), its `tokenizer` and model `card` to folder `out`, atomically."
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokenizer.model_max_length = model.config.max_position_embeddings  # the model's context, not the tokenizer's unbounded default
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp/'README.md').write_text(card)
+    return Path(out)
+
+def _folded_weights(path: Path) -> dict:
+    "The weights of a checkpoint, with the masks of `torch.nn.utils.prune` folded in (`w = w_orig * w_mask`) where it has them."
+    weights = load_file(path/'model.safetensors')
+    for k in [k for k in weights if k.endswith('_orig')]:
+        weights[k.removesuffix('_orig')] = weights.pop(k) * weights.pop(k.removesuffix('_orig') + '_mask')
+    return weights
+
+def export_checkpoint(checkpoint, out) -> Path:
+    "Write trainer `checkpoint` (a pruned one too) as a self-contained model folder `out`, with its evaluation in the model card."
+    checkpoint = Path(checkpoint)
+    state = verify_checkpoint(checkpoint)
+    cfg = TrainConfig(**{**state['config'], 'betas': tuple(state['config']['betas'])})
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))
+    try: model.load_state_dict(_folded_weights(checkpoint))
+    except RuntimeError as e: raise CheckpointError(f'the weights in {checkpoint} do not fit its own config.json ({e})') from None
+    shards = load_shards(cfg.data)
+    evaluation = evaluate(model.eval(), shards, cfg.seq_len, cfg.eval_batch, cfg.final_eval_tokens)
+    card = model_card(model, cfg, state['step'], state['tokens'], evaluation, source=f'checkpoint {checkpoint.name}')
+    return write_model_folder(model, shards.tokenizer(), out, card)
 
 # %% ../nbs/05_trainer.ipynb #26f5212a
 def bare_steps(model, opt, batches, accum: int, micro_batch: int, grad_clip: float, precision: str) -> list[float]:
@@ -595,7 +702,8 @@ def run_preset(preset: str = 'cpu', arch: str = 'biogpt', run_dir=None, resume: 
                                timings=dict(bare_s_per_step=r['bare_s_per_step'], trainer_s_per_step=r['trainer_s_per_step']))
         return r
     name = name or f"train_{preset}{'' if arch == 'biogpt' else '_' + arch}"
-    s = train(cfg, run_dir or biogpt_home()/'runs'/name, name=name if record else None, resume=resume, results=results, command=_command())
+    run_dir = Path(run_dir or biogpt_home()/'runs'/name)
+    s = train(cfg, run_dir, name=name if record else None, resume=resume, results=results, command=_command(), model_dir=run_dir/'model')
     if process_state().is_main_process:
         print(f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tokens_per_s']:,.0f} tokens/s; peak memory {s['peak_mem_mb']:,.0f} MiB")
         print(pd.DataFrame(s['eval']).T[['loss', 'ppl', 'bpb', 'tokens']].round(4).to_string())
@@ -613,6 +721,7 @@ def train_cli(preset: str = 'cpu',  # tiny, cpu, gpu-small or paper
               no_results: bool = False,  # do not write results files
               bench: bool = False):  # measure the trainer's overhead over a bare loop instead of training
     "Train a preset with the published recipe and record its results; or, with --bench, measure the trainer's overhead."
-    over = json.loads(overrides) if overrides else {}
-    if max_steps: over['max_steps'] = max_steps
-    run_preset(preset, arch, run_dir, resume, name, results, record=not no_results, bench=bench, **over)  # (returns nothing: a console script exits with its return value)
+    with user_errors(invoked_as('biogpt-train', 'biogpt.trainer')):
+        over = json_option(overrides, '--overrides')
+        if max_steps: over['max_steps'] = max_steps
+        run_preset(preset, arch, run_dir, resume, name, results, record=not no_results, bench=bench, **over)  # (returns nothing: a console script exits with its return value)
