@@ -13,7 +13,7 @@ from fastcore.script import call_parse
 from .core import biogpt_home, save_result, user_errors
 from .data import data_table, default_data
 from .pruning import prune_stage
-from .trainer import export_checkpoint, get_preset, train
+from .trainer import export_checkpoint, get_preset, run_name, train
 
 # %% auto #0
 __all__ = ['run_data', 'run_train', 'run_prune', 'main', 'export_cli']
@@ -34,7 +34,7 @@ def run_data(tokenizer: str = 'auto', vocab_size: int = 8192, scale: float = 1.0
 # %% ../nbs/09_cli.ipynb #079816cc
 def run_train(shards, preset: str = 'cpu', arch: str = 'biogpt', home=None, results=None, command: str = 'biogpt', **overrides) -> dict:
     "Stage 2: train `preset` on `shards` (resuming its run folder), print and record the validation table."
-    name = f"train_{preset}{'' if arch == 'biogpt' else '_' + arch}"
+    name = run_name(preset, arch)
     cfg = get_preset(preset, arch, **overrides)
     t0 = time.perf_counter()
     run_dir = Path(home or biogpt_home())/'runs'/name

@@ -28,7 +28,8 @@ from .core import biogpt_home, count_params, embedding_modules, invoked_as, json
 from .cortical import CorticalLayer
 from .model import BioGPTForCausalLM
 from .neuron import BranchFFN, EfficientBioNeuron
-from .trainer import TrainConfig, Trainer, evaluate, get_preset, latest_checkpoint, lm_loss, load_shards, read_trainer_state, train, verify_checkpoint
+from .trainer import (TrainConfig, Trainer, evaluate, get_preset, latest_checkpoint, lm_loss, load_shards, read_trainer_state, run_name,
+                            train, verify_checkpoint)
 
 # %% auto #0
 __all__ = ['LINEAR_MAPS', 'SPARSITIES', 'STRUCTURED', 'register_linear_map', 'prunable_weights', 'scope_table',
@@ -401,7 +402,7 @@ def pruning_study(base, cfg: TrainConfig, sparsities=SPARSITIES, structured=STRU
 def _base(checkpoint, preset: str, arch: str, overrides: dict, runs: Path, log) -> tuple[PreTrainedModel, TrainConfig, str]:
     "The trained base model, its recipe and where it came from."
     if checkpoint is None and not overrides:
-        trained = runs/f"train_{preset}{'' if arch == 'biogpt' else '_' + arch}"  # where biogpt-train puts the preset's run
+        trained = runs/run_name(preset, arch)  # where biogpt-train puts the preset's run
         done = latest_checkpoint(trained)
         if done and read_trainer_state(done)['step'] == read_trainer_state(done)['config']['max_steps']: checkpoint = done
     if checkpoint is None:

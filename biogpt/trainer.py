@@ -31,12 +31,13 @@ import biogpt.model  # registers the 'biogpt_dendritic' model type with the Auto
 
 # %% auto #0
 __all__ = ['PRESETS', 'PRESET_TIME', 'CPU_PRECISION', 'CKPT_PREFIX', 'TrainConfig', 'model_fields', 'model_config', 'build_model',
-           'get_preset', 'load_shards', 'decay_split', 'param_groups', 'make_optimizer', 'lr_schedule', 'lm_loss',
-           'grad_accum_steps', 'micro_rows', 'evaluate', 'resolve_precision', 'process_state', 'make_accelerator',
-           'CheckpointError', 'CorruptCheckpointError', 'checkpoints', 'latest_checkpoint', 'read_trainer_state',
-           'verify_checkpoint', 'shared_atomic_dir', 'clean_run_dir', 'config_diff', 'check_resumable', 'RunLog',
-           'read_log', 'NonFiniteLossError', 'Trainer', 'run_summary', 'train', 'model_card', 'write_model_folder',
-           'export_checkpoint', 'bare_steps', 'bench_trainer', 'run_preset', 'train_cli']
+           'run_name', 'get_preset', 'load_shards', 'decay_split', 'param_groups', 'make_optimizer', 'lr_schedule',
+           'lm_loss', 'grad_accum_steps', 'micro_rows', 'evaluate', 'resolve_precision', 'process_state',
+           'make_accelerator', 'CheckpointError', 'CorruptCheckpointError', 'checkpoints', 'latest_checkpoint',
+           'read_trainer_state', 'verify_checkpoint', 'shared_atomic_dir', 'clean_run_dir', 'config_diff',
+           'check_resumable', 'RunLog', 'read_log', 'NonFiniteLossError', 'Trainer', 'run_summary', 'train',
+           'model_card', 'write_model_folder', 'export_checkpoint', 'bare_steps', 'bench_trainer', 'run_preset',
+           'train_cli']
 
 # %% ../nbs/05_trainer.ipynb #8e321d53
 @dataclass
@@ -122,6 +123,10 @@ PRESETS = {
 PRESET_TIME = {'tiny': 'seconds on a CPU (tests)', 'cpu': 'about 10 minutes on a 2-core CPU (measured: results/train_cpu.json)',
                'gpu-small': 'a few minutes on one recent GPU (estimate, not measured here)',
                'paper': 'about 22 hours on one RTX 4090 (published)'}
+
+def run_name(preset: str, arch: str = 'biogpt') -> str:
+    "The name of a preset's run: its folder under `$BIOGPT_HOME/runs` and its results file (`train_cpu`, `train_cpu_gpt_neox`)."
+    return f"train_{preset}{'' if arch == 'biogpt' else '_' + arch}"
 
 def get_preset(name: str, arch: str = 'biogpt', **overrides) -> TrainConfig:
     "The `TrainConfig` of preset `name` for architecture `arch`, with `overrides` (`model_kwargs` and `data` merge)."
@@ -701,7 +706,7 @@ def run_preset(preset: str = 'cpu', arch: str = 'biogpt', run_dir=None, resume: 
         if record: save_result(name or 'trainer_bench', r, command=_command(), config=cfg.to_dict(), seeds=[cfg.seed], folder=results,
                                timings=dict(bare_s_per_step=r['bare_s_per_step'], trainer_s_per_step=r['trainer_s_per_step']))
         return r
-    name = name or f"train_{preset}{'' if arch == 'biogpt' else '_' + arch}"
+    name = name or run_name(preset, arch)
     run_dir = Path(run_dir or biogpt_home()/'runs'/name)
     s = train(cfg, run_dir, name=name if record else None, resume=resume, results=results, command=_command(), model_dir=run_dir/'model')
     if process_state().is_main_process:
