@@ -8,6 +8,7 @@ import importlib.metadata, json, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from fastcore.script import call_parse
 from transformers import AutoModelForCausalLM
 
@@ -44,7 +45,7 @@ def lm_eval_command(model_folder, tasks_folder, max_length: int, batch_size: int
     "The `lm_eval` command line that evaluates `model_folder` (BioGPT or any causal LM folder) on the tasks in `tasks_folder`."
     args = f'pretrained={model_folder},trust_remote_code=True,backend=causal,dtype=float32,max_length={max_length}'
     return ['lm_eval', '--model', 'hf', '--model_args', args, '--include_path', str(tasks_folder), '--tasks', TASK,
-            '--device', 'cpu', '--batch_size', str(batch_size), *(['--output_path', str(out)] if out else [])]
+            '--device', 'cuda' if torch.cuda.is_available() else 'cpu', '--batch_size', str(batch_size), *(['--output_path', str(out)] if out else [])]
 
 def read_lm_eval(out) -> dict:
     "Bits per byte per domain from the newest results file the harness wrote under `out`."
