@@ -587,7 +587,6 @@ def train(cfg: TrainConfig, run_dir, name: str | None = None, resume: bool | str
 def model_card(model: PreTrainedModel, cfg: TrainConfig, steps: int, tokens: int, evaluation: dict, source: str) -> str:
     "A Hugging Face model card (README.md): what the model is, how to load it, its training recipe and budget, its evaluation."
     counts, remote = count_params(model), ', trust_remote_code=True' if type(model)._auto_class else ''  # (set by register_for_auto_class)
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ('tensorboard',)}
     return '\n'.join([
         '---', 'library_name: transformers', 'pipeline_tag: text-generation', f'tags: [{model.config.model_type}, biogpt]', '---', '',
         f'# {model.config.model_type}: {counts["total"]:,} parameters ({counts["non_embedding"]:,} non-embedding)', '',
@@ -595,7 +594,7 @@ def model_card(model: PreTrainedModel, cfg: TrainConfig, steps: int, tokens: int
         f'({tokens / counts["non_embedding"]:.2f} tokens per non-embedding parameter).', '',
         '## Use', '', '```python', 'from transformers import AutoModelForCausalLM, AutoTokenizer',
         f'tokenizer = AutoTokenizer.from_pretrained(folder{remote})', f'model = AutoModelForCausalLM.from_pretrained(folder{remote})', '```', '',
-        '## Training configuration', '', '| field | value |', '|---|---|', *(f'| {k} | `{v}` |' for k, v in recipe.items()), '',
+        '## Training configuration', '', '| field | value |', '|---|---|', *(f'| {k} | `{v}` |' for k, v in cfg.to_dict().items()), '',
         '## Evaluation', '', 'Validation split of the training data (held out), per domain: loss in nats per token, perplexity, bits per byte.', '',
         '| domain | loss | ppl | bpb | tokens |', '|---|---|---|---|---|',
         *(f"| {d} | {v['loss']:.4f} | {v['ppl']:.2f} | {v['bpb']:.4f} | {v['tokens']:,} |" for d, v in evaluation.items()), ''])
