@@ -79,13 +79,16 @@ def check_docs():
 
 
 def run_notebooks():
-    from fastcore.parallel import parallel
+    import multiprocessing
+    from functools import partial
     from nbdev.config import get_config
     from nbdev.test import test_nb
     cfg = get_config()
     files = sorted(p.absolute() for p in cfg.nbs_path.glob('*.ipynb'))
-    res = parallel(test_nb, files, skip_flags=cfg.tst_flags.split(), force_flags=[], n_workers=min(2, os.cpu_count()),
-                   basepath=cfg.config_path, pause=0.01)
+    # A fresh process for each notebook, as in JupyterLab: a chapter's exported cells run in its kernel and register their
+    # classes with transformers' Auto classes, which must not leak into the next chapter (nbdev_test reuses its workers).
+    run = partial(test_nb, skip_flags=cfg.tst_flags.split(), force_flags=[], basepath=cfg.config_path)
+    with multiprocessing.get_context('spawn').Pool(min(2, os.cpu_count()), maxtasksperchild=1) as pool: res = pool.map(run, files, chunksize=1)
     return [(f'notebook {f.name}', ok, t) for f, (ok, t) in zip(files, res)]
 
 
