@@ -11,8 +11,8 @@ import torch
 
 # %% auto #0
 __all__ = ['STACK', 'PERF_ENV', 'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info',
-           'peak_memory_mb', 'perf_env', 'embedding_modules', 'count_params', 'save_result', 'load_result',
-           'provenance', 'UserError', 'invoked_as', 'user_errors', 'json_option']
+           'peak_memory_mb', 'reset_peak_memory', 'perf_env', 'embedding_modules', 'count_params', 'save_result',
+           'load_result', 'provenance', 'UserError', 'invoked_as', 'user_errors', 'json_option']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -100,11 +100,19 @@ def run_info() -> dict:
     return info
 
 def peak_memory_mb(device=None) -> float:
-    "Peak memory of this process in MiB: CUDA max allocated on a GPU device, else peak RSS."
+    "Peak memory of this process in MiB since `reset_peak_memory`: CUDA max allocated on a GPU device, else peak RSS."
     if device is not None and torch.device(device).type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, StopIteration):  # Linux: VmHWM, the peak that reset_peak_memory resets
+        line = next(l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM:'))
+        return int(line.split()[1]) / 2**10
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return kb / (2**20 if sys.platform == 'darwin' else 2**10)
+
+def reset_peak_memory(device=None):
+    "Start measuring peak memory afresh (a run in a process that ran others): CUDA's counters, or on Linux the process's peak RSS."
+    if device is not None and torch.device(device).type == 'cuda': return torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError): Path('/proc/self/clear_refs').write_text('5')   # resets VmHWM to the current RSS
 
 PERF_ENV = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')  # environment variables that change CPU speed
 
