@@ -20,7 +20,7 @@ from .core import (UserError, atomic_write, biogpt_home, count_params, git_commi
                          save_result, user_errors)
 from .model import ABLATIONS, BioGPTConfig, BioGPTForCausalLM, param_table, train_flops_per_token
 from .pythia import COMPARISON_DATA, RECIPE, SIZES, WARMUP_FRAC, judge, paired_test
-from .trainer import TrainConfig, load_shards, model_config, read_log, train
+from .trainer import TrainConfig, load_shards, model_config, process_state, read_log, train
 
 # %% auto #0
 __all__ = ['TOLERANCE', 'KNOB_COMPONENT', 'NEURON_COMPONENTS', 'TOUCHES', 'MATRIX', 'SEEDS', 'SAY', 'PUBLISHED_ABLATION',
@@ -152,8 +152,8 @@ def append_row(folder, row: dict):
         with open(folder/'runs.jsonl', 'a') as f: f.write(json.dumps(row, default=str) + '\n')
         atomic_write(folder/'runs.csv', pd.DataFrame(read_rows(folder)).to_csv(index=False))
 
-# %% ../nbs/10_ablations.ipynb #efa19eb4
-MATRIX = {4_000_000: tuple(ABLATIONS), 8_000_000: ('full_branch', 'bare', 'standard_gpt')}
+# %% ../nbs/10_ablations.ipynb #573579b4
+MATRIX = {5_000_000: tuple(ABLATIONS), 10_000_000: ('full_branch', 'bare', 'standard_gpt')}
 SEEDS = (0, 1, 2)
 
 def plan(matrix: dict, seeds, base: dict) -> list[tuple[str, dict, int, int]]:
@@ -180,10 +180,10 @@ def run_matrix(matrix: dict = MATRIX, seeds=SEEDS, batch: str = 'study', home=No
         except Exception as e:   # a failed run is a row, and the matrix goes on
             row = dict(run_id=rid, preset_id=name, seed=seed, status='failed', error=f'{type(e).__name__}: {e}', budget_tokens=tokens,
                        traceback=traceback.format_exc(limit=-3), commit=git_commit(), time=time.strftime('%Y-%m-%dT%H:%M:%S'))
-        append_row(folder, row)
+        if process_state().is_main_process: append_row(folder, row)   # (under `accelerate launch` every process trained it)
     return read_rows(folder)
 
-# %% ../nbs/10_ablations.ipynb #1e4d3a5a
+# %% ../nbs/10_ablations.ipynb #b30e2c8b
 SAY = dict(better='the ablation is better', worse='the ablation is worse', equal='no significant difference', untested='one seed, untested')
 
 def ok_rows(rows: list[dict], tokens: int | None = None) -> pd.DataFrame:
@@ -217,7 +217,7 @@ def throughput(rows: list[dict], tokens: int) -> pd.DataFrame:
     g = df.groupby('preset_id', sort=False)
     return g[['params_non_embedding', 'flops_per_token', 'tokens_per_s', 'peak_mem_mb', 'mfu']].mean().assign(seeds=g.seed.count())
 
-# %% ../nbs/10_ablations.ipynb #fa80bd33
+# %% ../nbs/10_ablations.ipynb #0504c2b4
 PUBLISHED_ABLATION = pd.DataFrame(
     dict(letter=list('abcdef'), val_loss=[1.422, 1.387, 1.394, 1.380, 1.378, 1.569], params=[888e3, 821e3, 888e3, 820e3, 820e3, 821e3],
          shakespeare=[2.087, 2.095, 2.093, None, None, 2.235], code=[0.629, 0.632, 0.622, None, None, 0.870],
@@ -232,7 +232,7 @@ def ranking(rows: list[dict], tokens: int) -> dict:
     rho = stats.spearmanr(pub, ours).statistic if len(ours) > 2 else None
     return dict(published=list(pub.sort_values().index), ours=list(ours.sort_values().index), spearman=rho, n=len(ours))
 
-# %% ../nbs/10_ablations.ipynb #3287f694
+# %% ../nbs/10_ablations.ipynb #4d59ee25
 def findings(rows: list[dict], tokens: int) -> list[str]:
     "The ablation study's conclusions at budget `tokens`, as sentences computed from its rows."
     e = effects(rows, tokens)
@@ -251,7 +251,7 @@ def findings(rows: list[dict], tokens: int) -> list[str]:
                      f"({', '.join(r['ours'])}): Spearman correlation {r['spearman']:+.2f} over {r['n']} configurations.")
     return lines
 
-# %% ../nbs/10_ablations.ipynb #20738359
+# %% ../nbs/10_ablations.ipynb #bdddfe5f
 def plot_ablations(rows: list[dict], tokens: int, path=None):
     "Bits per byte against non-embedding parameters per ablation at budget `tokens` (mean and std over seeds)."
     df = ok_rows(rows, tokens)
@@ -269,7 +269,7 @@ def plot_ablations(rows: list[dict], tokens: int, path=None):
     if path: fig.savefig(path, dpi=120)
     return fig
 
-# %% ../nbs/10_ablations.ipynb #4043d377
+# %% ../nbs/10_ablations.ipynb #1b1138b3
 def report(batch: str = 'study', home=None, name: str | None = 'ablations', results=None, figures=None, command: str = 'biogpt-ablations',
            matrix: dict = MATRIX, seeds=SEEDS) -> dict:
     "Effects, throughput, ranking and findings at each budget of a batch's rows; recorded as `results/<name>.json` with its figures."
