@@ -232,7 +232,7 @@ def ranking(rows: list[dict], tokens: int) -> dict:
     rho = stats.spearmanr(pub, ours).statistic if len(ours) > 2 else None
     return dict(published=list(pub.sort_values().index), ours=list(ours.sort_values().index), spearman=rho, n=len(ours))
 
-# %% ../nbs/10_ablations.ipynb #4d59ee25
+# %% ../nbs/10_ablations.ipynb #91eb1970
 def findings(rows: list[dict], tokens: int) -> list[str]:
     "The ablation study's conclusions at budget `tokens`, as sentences computed from its rows."
     e = effects(rows, tokens)
@@ -251,7 +251,7 @@ def findings(rows: list[dict], tokens: int) -> list[str]:
                      f"({', '.join(r['ours'])}): Spearman correlation {r['spearman']:+.2f} over {r['n']} configurations.")
     return lines
 
-# %% ../nbs/10_ablations.ipynb #bdddfe5f
+# %% ../nbs/10_ablations.ipynb #c303634c
 def plot_ablations(rows: list[dict], tokens: int, path=None):
     "Bits per byte against non-embedding parameters per ablation at budget `tokens` (mean and std over seeds)."
     df = ok_rows(rows, tokens)
@@ -269,7 +269,7 @@ def plot_ablations(rows: list[dict], tokens: int, path=None):
     if path: fig.savefig(path, dpi=120)
     return fig
 
-# %% ../nbs/10_ablations.ipynb #1b1138b3
+# %% ../nbs/10_ablations.ipynb #d5679d83
 def report(batch: str = 'study', home=None, name: str | None = 'ablations', results=None, figures=None, command: str = 'biogpt-ablations',
            matrix: dict = MATRIX, seeds=SEEDS) -> dict:
     "Effects, throughput, ranking and findings at each budget of a batch's rows; recorded as `results/<name>.json` with its figures."

@@ -3,15 +3,15 @@
 1. notebooks are clean (`nbdev_clean` changes nothing);
 2. the library is in sync (`nbdev_export` changes nothing in `biogpt/`);
 3. README.md is in sync with `nbs/index.ipynb`, and `.ci/run` runs exactly its test command;
-4. the docs inputs are complete (every page in the sidebar and navbar exists, `_quarto.yml` has one source)
-   and nbdev's processing step for Quarto runs;
+4. every relative link between pages resolves and every figure a page names exists; the docs inputs are complete
+   (every page in the sidebar and navbar exists, `_quarto.yml` has one source) and nbdev's processing step for Quarto runs;
 5. every notebook runs top to bottom on CPU (`nbdev.test.test_nb`, the function behind `nbdev_test`),
    skipping cells flagged with a `tst_flags` flag (`slow`).
 
 Prints the versions of Python and the packages that can change a result, one line per check and a closing
 `N passed, N failed` line; exits non-zero on any failure.
 """
-import hashlib, os, re, subprocess, sys, time
+import hashlib, json, os, re, subprocess, sys, time
 from pathlib import Path
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests use no network
@@ -52,6 +52,21 @@ def check_ci():
     cmd = re.search(r'^# 2\. the tests.*\n(.+)$', readme, re.M)
     assert cmd, "README.md lost its quick-start test command ('# 2. the tests' and the line after it)"
     assert cmd[1].strip() in ci.splitlines(), f'.ci/run must run exactly the README test command: {cmd[1].strip()}'
+
+
+def check_links():
+    "Every relative link of a page (markdown) resolves to a file, and every figure a page names exists."
+    bad = []
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        for c in json.loads(nb.read_text())['cells']:
+            src = ''.join(c['source'])
+            if c['cell_type'] == 'markdown':
+                for target in re.findall(r'\]\(([^)\s]+)\)', src):
+                    if re.match(r'[a-z]+:', target) or target.startswith('#'): continue   # a web address or an anchor on the page
+                    if not (nb.parent/target.split('#')[0]).exists(): bad.append(f'{nb.name} links to {target}')
+            for fig in re.findall(r"figures['\"]?\s*/\s*f?['\"]([\w.-]+\.png)['\"]", src) + re.findall(r'figures/([\w.-]+\.png)', src):
+                if not (ROOT/'figures'/fig).exists(): bad.append(f'{nb.name} shows figures/{fig}')
+    assert not bad, 'links or figures that do not resolve: ' + '; '.join(bad)
 
 
 def check_docs():
@@ -98,7 +113,7 @@ def main():
     results = []
     for name, check in [('notebooks are clean', check_clean), ('library is in sync', check_export),
                         ('README is in sync', check_readme), ('CI runs the README test command', check_ci),
-                        ('docs inputs and nbdev processing', check_docs)]:
+                        ('links between pages and to figures resolve', check_links), ('docs inputs and nbdev processing', check_docs)]:
         t = time.time()
         try: check(); ok = True
         except Exception as e: ok = False; print(f'  {type(e).__name__}: {e}', file=sys.stderr)
