@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_ablations.ipynb #4974a44c
 from __future__ import annotations
-import contextlib, csv, fcntl, json, math, shlex, sys, time, traceback
+import contextlib, fcntl, json, math, shlex, sys, time, traceback
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,46 +16,58 @@ from fastcore.script import call_parse
 from scipy import stats
 from tqdm.auto import tqdm
 
-from .core import (UserError, atomic_write, biogpt_home, count_params, git_commit, invoked_as, perf_env, repo_root, reset_peak_memory,
-                         save_result, user_errors)
+from .core import UserError, atomic_write, biogpt_home, count_params, git_commit, invoked_as, perf_env
+from .core import repo_root, matmul_peak, reset_peak_memory, save_figure, save_result, user_errors
 from .model import ABLATIONS, BioGPTConfig, BioGPTForCausalLM, param_table, train_flops_per_token
 from .pythia import COMPARISON_DATA, RECIPE, SIZES, WARMUP_FRAC, judge, paired_test
-from .trainer import TrainConfig, load_shards, model_config, process_state, read_log, train
+from .trainer import TrainConfig, load_shards, process_state, read_log, train
 
 # %% auto #0
 __all__ = ['TOLERANCE', 'KNOB_COMPONENT', 'NEURON_COMPONENTS', 'TOUCHES', 'MATRIX', 'SEEDS', 'SAY', 'PUBLISHED_ABLATION',
-           'width_knob', 'match_size', 'variants', 'component_counts', 'guard', 'run_id', 'run_config', 'matmul_peak',
-           'run_one', 'read_rows', 'append_row', 'plan', 'run_matrix', 'ok_rows', 'effects', 'throughput', 'ranking',
-           'findings', 'plot_ablations', 'report', 'ablations_cli']
+           'width_knob', 'match_size', 'variants', 'component_counts', 'guard', 'run_id', 'run_config', 'run_one',
+           'read_rows', 'append_row', 'plan', 'run_matrix', 'ok_rows', 'effects', 'throughput', 'ranking', 'findings',
+           'plot_ablations', 'report', 'ablations_cli']
 
 # %% ../nbs/10_ablations.ipynb #7cc83495
 TOLERANCE = 0.05
 KNOB_COMPONENT = dict(gpt_ffn_expansion='MLP', soma_ffn_expansion='soma', branch_ffn_expansion='branch FFN')
 
-def _model(fields: dict) -> BioGPTForCausalLM:
-    with torch.device('meta'): return BioGPTForCausalLM(BioGPTConfig(**fields))   # shapes only: no memory, no initialisation
 
-def _non_embedding(fields: dict) -> int: return count_params(_model(fields))['non_embedding']
+def _model(fields: dict) -> BioGPTForCausalLM:
+    with torch.device('meta'):
+        return BioGPTForCausalLM(BioGPTConfig(**fields))  # shapes only: no memory, no initialisation
+
+
+def _non_embedding(fields: dict) -> int:
+    return count_params(_model(fields))['non_embedding']
+
 
 def width_knob(fields: dict) -> str:
     "The config field setting the FFN width that an ablation can spare: the standard GPT's MLP, else the soma FFN, else the branch FFN."
     cfg = BioGPTConfig(**fields)
-    if cfg.block == 'gpt': return 'gpt_ffn_expansion'
-    if cfg.use_soma_ffn: return 'soma_ffn_expansion'
-    if cfg.use_branch_ffn: return 'branch_ffn_expansion'
+    if cfg.block == 'gpt':
+        return 'gpt_ffn_expansion'
+    if cfg.use_soma_ffn:
+        return 'soma_ffn_expansion'
+    if cfg.use_branch_ffn:
+        return 'branch_ffn_expansion'
     raise ValueError('this ablation has no FFN whose width could match its size')
+
 
 def match_size(fields: dict, target: int, tolerance: float = TOLERANCE) -> dict:
     "`fields` with the width knob set so that the model's non-embedding parameters are within `tolerance` of `target`."
     knob, lo, hi = width_knob(fields), 1 / 64, 64.0
     n = lambda x: _non_embedding({**fields, knob: x})
-    if not n(lo) <= target <= n(hi): raise ValueError(f'no {knob} in [{lo}, {hi}] gives {target:,} non-embedding parameters')
-    for _ in range(30):                                  # non-embedding parameters grow with the knob
+    if not n(lo) <= target <= n(hi):
+        raise ValueError(f'no {knob} in [{lo}, {hi}] gives {target:,} non-embedding parameters')
+    for _ in range(30):  # non-embedding parameters grow with the knob
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if n(mid) < target else (lo, mid)
     best = min((lo, hi), key=lambda x: abs(n(x) - target))
-    if abs(n(best) / target - 1) > tolerance: raise ValueError(f'{knob} cannot bring this ablation within {tolerance:.0%} of {target:,}')
+    if abs(n(best) / target - 1) > tolerance:
+        raise ValueError(f'{knob} cannot bring this ablation within {tolerance:.0%} of {target:,}')
     return {**fields, knob: round(best, 6)}
+
 
 def variants(base: dict, names=tuple(ABLATIONS), tolerance: float = TOLERANCE) -> dict[str, dict]:
     "The config fields of each ablation `names` on `base` (vocab_size, d_model, n_layers, max_seq_len), and of its `@matched` twin where needed."
@@ -64,134 +76,242 @@ def variants(base: dict, names=tuple(ABLATIONS), tolerance: float = TOLERANCE) -
     for name in names:
         fields = {**base, **ABLATIONS[name]}
         out[name] = fields
-        if abs(_non_embedding(fields) / target - 1) > tolerance: out[f'{name}@matched'] = match_size(fields, target, tolerance)
+        if abs(_non_embedding(fields) / target - 1) > tolerance:
+            out[f'{name}@matched'] = match_size(fields, target, tolerance)
     return out
 
 # %% ../nbs/10_ablations.ipynb #43044995
-NEURON_COMPONENTS = frozenset({'attention', 'NMDA', 'temporal conv', 'branch FFN', 'branch norm', 'soma', 'neuron projections'})
-TOUCHES = dict(full_branch=set(), no_branch_ffn={'branch FFN'}, no_nmda={'NMDA'}, nmda_only={'temporal conv', 'branch FFN', 'branch norm'},
-               bare={'NMDA', 'temporal conv', 'branch FFN', 'branch norm'}, standard_gpt=None, no_temporal_conv={'temporal conv'},
-               no_branch_norm={'branch norm'}, no_soma_ffn={'soma'}, one_neuron=NEURON_COMPONENTS, uniform_layout=NEURON_COMPONENTS,
-               two_passes={'feedback'}, wiggle={'branch FFN', 'soma'}, published_filter=set())   # None: every component of a layer
+NEURON_COMPONENTS = frozenset(
+    {'attention', 'NMDA', 'temporal conv', 'branch FFN', 'branch norm', 'soma', 'neuron projections'}
+)
+TOUCHES = dict(
+    full_branch=set(),
+    no_branch_ffn={'branch FFN'},
+    no_nmda={'NMDA'},
+    nmda_only={'temporal conv', 'branch FFN', 'branch norm'},
+    bare={'NMDA', 'temporal conv', 'branch FFN', 'branch norm'},
+    standard_gpt=None,
+    no_temporal_conv={'temporal conv'},
+    no_branch_norm={'branch norm'},
+    no_soma_ffn={'soma'},
+    one_neuron=NEURON_COMPONENTS,
+    uniform_layout=NEURON_COMPONENTS,
+    two_passes={'feedback'},
+    wiggle={'branch FFN', 'soma'},
+    published_filter=set(),
+)  # None: every component of a layer
+
 
 def component_counts(fields: dict) -> pd.Series:
     "Parameters of the model of `fields` by component (summed over layers)."
     return param_table(_model(fields)).loc['total'].drop('total')
 
+
 def guard(name: str, fields: dict, full: dict) -> list[str]:
     "The components whose count differs from the full model's although ablation `name` does not touch them (empty: the change explains it)."
     touched, (a, b) = TOUCHES[name.split('@')[0]], (component_counts(fields), component_counts(full))
     allowed = (set(a.index) | set(b.index)) - {'embeddings', 'head'} if touched is None else set(touched)
-    allowed |= \
-              ({KNOB_COMPONENT[width_knob(fields)]} if name.endswith('@matched') else set())
-    return [f'{c}: {a.get(c, 0):,} against {b.get(c, 0):,}' for c in a.index.union(b.index) if c not in allowed and a.get(c, 0) != b.get(c, 0)]
+    allowed |= {KNOB_COMPONENT[width_knob(fields)]} if name.endswith('@matched') else set()
+    return [
+        f'{c}: {a.get(c, 0):,} against {b.get(c, 0):,}'
+        for c in a.index.union(b.index)
+        if c not in allowed and a.get(c, 0) != b.get(c, 0)
+    ]
 
 # %% ../nbs/10_ablations.ipynb #48956232
-def run_id(name: str, tokens: int, seed: int) -> str: return f'Q-{name}-{tokens / 1e6:g}M-s{seed}'
+def run_id(name: str, tokens: int, seed: int) -> str:
+    return f'Q-{name}-{tokens / 1e6:g}M-s{seed}'
 
-def run_config(fields: dict, tokens: int, seed: int, size: str = 'main', data: dict | None = None, **recipe) -> TrainConfig:
+
+def run_config(
+    fields: dict, tokens: int, seed: int, size: str = 'main', data: dict | None = None, **recipe
+) -> TrainConfig:
     "The TrainConfig of one run: the comparison's recipe at `size`, the ablation's `fields`, and enough steps for `tokens`."
     base = dict(arch='biogpt', **SIZES[size], **{**RECIPE, **recipe}, seed=seed, data=data or COMPARISON_DATA)
     per_step = base['batch_size'] * base['seq_len']
     steps = max(1, math.ceil(tokens / per_step))
     own = {k: v for k, v in fields.items() if k not in ('vocab_size', 'd_model', 'n_layers', 'max_seq_len')}
-    return TrainConfig(**base, model_kwargs=own, max_steps=steps, warmup_steps=max(1, round(WARMUP_FRAC * steps)), eval_every=0,
-                       ckpt_every=max(1, steps // 4))
-
-@torch.no_grad()
-def matmul_peak(n: int = 1024, reps: int = 10, dtype=torch.float32) -> float:
-    "This machine's matmul throughput in FLOP/s: the best of `reps` (n x n) @ (n x n) products in `dtype` (after one warm-up)."
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n ** 3 / best
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+    return TrainConfig(
+        **base,
+        model_kwargs=own,
+        max_steps=steps,
+        warmup_steps=max(1, round(WARMUP_FRAC * steps)),
+        eval_every=0,
+        ckpt_every=max(1, steps // 4),
+    )
 
 # %% ../nbs/10_ablations.ipynb #15203ba5
 def _layout(cfg: BioGPTConfig) -> str:
-    if cfg.block == 'gpt': return f'{cfg.n_heads} heads'
+    if cfg.block == 'gpt':
+        return f'{cfg.n_heads} heads'
     return ' | '.join(' '.join(str(n['branches']) for n in layer) for layer in cfg.layout)
 
-def run_one(name: str, fields: dict, tokens: int, cfg: TrainConfig, folder, shards, peak: float, full: dict, verbose: bool = True) -> dict:
+
+def run_one(
+    name: str,
+    fields: dict,
+    tokens: int,
+    cfg: TrainConfig,
+    folder,
+    shards,
+    peak: float,
+    full: dict,
+    verbose: bool = True,
+) -> dict:
     "Train run `cfg` of ablation `name` (resuming its folder) and return its summary row."
     rid, t0 = run_id(name, tokens, cfg.seed), time.perf_counter()
-    run_dir = Path(folder)/'runs'/rid
-    reset_peak_memory('cuda' if torch.cuda.is_available() else None)   # this run's peak, not the matrix's so far
+    run_dir = Path(folder) / 'runs' / rid
+    reset_peak_memory(
+        'cuda' if torch.cuda.is_available() else None
+    )  # this run's peak, not the matrix's so far
     s = train(cfg, run_dir, resume=True, shards=shards, verbose=verbose)
-    steps = read_log(run_dir/'log.jsonl', 'train')
-    speed = float(np.median([r['tokens_per_s'] for r in steps[len(steps) // 2:]]))   # past warm-up and the first evaluations
+    steps = read_log(run_dir / 'log.jsonl', 'train')
+    speed = float(
+        np.median([r['tokens_per_s'] for r in steps[len(steps) // 2 :]])
+    )  # past warm-up and the first evaluations
     flops, model_cfg = train_flops_per_token(_model(fields), cfg.seq_len), BioGPTConfig(**fields)
     n = s['params']
-    return dict(run_id=rid, preset_id=name, seed=cfg.seed, status='ok', error=None, budget_tokens=tokens, train_tokens=s['tokens'],
-                depth=model_cfg.n_layers, width=model_cfg.d_model, layout=_layout(model_cfg), seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                micro_batch=cfg.micro_batch, world_size=s['num_processes'], params_total=n['total'], params_non_embedding=n['non_embedding'],
-                tokens_per_param=s['tokens'] / n['non_embedding'], **{f'params {c}': int(v) for c, v in component_counts(fields).items()},
-                **{f'bpb {d}': v['bpb'] for d, v in s['eval'].items()}, loss=s['eval']['all']['loss'], tokens_per_s=speed,
-                peak_mem_mb=s['peak_mem_mb'], wall_s=round(time.perf_counter() - t0, 1), budget_wall_s=round(tokens / speed, 1),
-                flops_per_token=flops, mfu=flops * speed / peak, matmul_peak_flops=peak, guard='; '.join(guard(name, fields, full)),
-                precision=s['precision'], commit=git_commit(), time=time.strftime('%Y-%m-%dT%H:%M:%S'))
+    return dict(
+        run_id=rid,
+        preset_id=name,
+        seed=cfg.seed,
+        status='ok',
+        error=None,
+        budget_tokens=tokens,
+        train_tokens=s['tokens'],
+        depth=model_cfg.n_layers,
+        width=model_cfg.d_model,
+        layout=_layout(model_cfg),
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        micro_batch=cfg.micro_batch,
+        world_size=s['num_processes'],
+        params_total=n['total'],
+        params_non_embedding=n['non_embedding'],
+        tokens_per_param=s['tokens'] / n['non_embedding'],
+        **{f'params {c}': int(v) for c, v in component_counts(fields).items()},
+        **{f'bpb {d}': v['bpb'] for d, v in s['eval'].items()},
+        loss=s['eval']['all']['loss'],
+        tokens_per_s=speed,
+        peak_mem_mb=s['peak_mem_mb'],
+        wall_s=round(time.perf_counter() - t0, 1),
+        budget_wall_s=round(tokens / speed, 1),
+        flops_per_token=flops,
+        mfu=flops * speed / peak,
+        matmul_peak_flops=peak,
+        guard='; '.join(guard(name, fields, full)),
+        precision=s['precision'],
+        commit=git_commit(),
+        time=time.strftime('%Y-%m-%dT%H:%M:%S'),
+    )
 
 # %% ../nbs/10_ablations.ipynb #5fc0357a
 def read_rows(folder) -> list[dict]:
     "The rows of the batch in `folder` (none for a new batch); a last line cut short by a crash is ignored."
-    path = Path(folder)/'runs.jsonl'
-    if not path.exists(): return []
+    path = Path(folder) / 'runs.jsonl'
+    if not path.exists():
+        return []
     rows = []
     for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError): rows.append(json.loads(line))
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
     return rows
+
 
 def append_row(folder, row: dict):
     "Append `row` to the batch's runs.jsonl and rewrite runs.csv from it, holding the batch's lock."
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder/'.lock', 'w') as lock:
+    with open(folder / '.lock', 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with open(folder/'runs.jsonl', 'a') as f: f.write(json.dumps(row, default=str) + '\n')
-        atomic_write(folder/'runs.csv', pd.DataFrame(read_rows(folder)).to_csv(index=False))
+        with open(folder / 'runs.jsonl', 'a') as f:
+            f.write(json.dumps(row, default=str) + '\n')
+        atomic_write(folder / 'runs.csv', pd.DataFrame(read_rows(folder)).to_csv(index=False))
 
 # %% ../nbs/10_ablations.ipynb #573579b4
 MATRIX = {5_000_000: tuple(ABLATIONS), 10_000_000: ('full_branch', 'bare', 'standard_gpt')}
 SEEDS = (0, 1, 2)
 
+
 def plan(matrix: dict, seeds, base: dict) -> list[tuple[str, dict, int, int]]:
     "(ablation, fields, tokens, seed) of every run of `matrix`, seed by seed."
     vs = {tokens: variants(base, names) for tokens, names in matrix.items()}
-    return [(name, fields, tokens, seed) for seed in seeds for tokens in matrix for name, fields in vs[tokens].items()]
+    return [
+        (name, fields, tokens, seed)
+        for seed in seeds
+        for tokens in matrix
+        for name, fields in vs[tokens].items()
+    ]
 
-def run_matrix(matrix: dict = MATRIX, seeds=SEEDS, batch: str = 'study', home=None, size: str = 'main', data: dict | None = None,
-               shard: str = '0/1', verbose: bool = True, **recipe) -> list[dict]:
+
+def run_matrix(
+    matrix: dict = MATRIX,
+    seeds=SEEDS,
+    batch: str = 'study',
+    home=None,
+    size: str = 'main',
+    data: dict | None = None,
+    shard: str = '0/1',
+    verbose: bool = True,
+    **recipe,
+) -> list[dict]:
     "Run (or resume) the runs of `matrix` x `seeds` that are this `shard`'s (`i/n`: every n-th from the i-th) in batch folder `batch`; all its rows."
     i, n = map(int, shard.split('/'))
-    if not 0 <= i < n: raise UserError(f'shard {shard!r}: give i/n with 0 <= i < n')
+    if not 0 <= i < n:
+        raise UserError(f'shard {shard!r}: give i/n with 0 <= i < n')
     shards = load_shards(data or COMPARISON_DATA)
-    folder = Path(home or biogpt_home())/'ablations'/batch
-    base = dict(vocab_size=shards.vocab_size, d_model=SIZES[size]['d_model'], n_layers=SIZES[size]['n_layers'], max_seq_len=SIZES[size]['seq_len'])
+    folder = Path(home or biogpt_home()) / 'ablations' / batch
+    base = dict(
+        vocab_size=shards.vocab_size,
+        d_model=SIZES[size]['d_model'],
+        n_layers=SIZES[size]['n_layers'],
+        max_seq_len=SIZES[size]['seq_len'],
+    )
     jobs = plan(matrix, seeds, base)[i::n]
     done = {r['run_id'] for r in read_rows(folder) if r['status'] == 'ok'}
     peak = matmul_peak()
-    for name, fields, tokens, seed in tqdm(jobs, desc=f'matrix {batch} {shard}', unit='run', disable=not verbose):
+    for name, fields, tokens, seed in tqdm(
+        jobs, desc=f'matrix {batch} {shard}', unit='run', disable=not verbose
+    ):
         rid = run_id(name, tokens, seed)
-        if rid in done: continue
+        if rid in done:
+            continue
         cfg = run_config(fields, tokens, seed, size, data, **recipe)
-        try: row = run_one(name, fields, tokens, cfg, folder, shards, peak, base, verbose)
-        except Exception as e:   # a failed run is a row, and the matrix goes on
-            row = dict(run_id=rid, preset_id=name, seed=seed, status='failed', error=f'{type(e).__name__}: {e}', budget_tokens=tokens,
-                       traceback=traceback.format_exc(limit=-3), commit=git_commit(), time=time.strftime('%Y-%m-%dT%H:%M:%S'))
-        if process_state().is_main_process: append_row(folder, row)   # (under `accelerate launch` every process trained it)
+        try:
+            row = run_one(name, fields, tokens, cfg, folder, shards, peak, base, verbose)
+        except Exception as e:  # a failed run is a row, and the matrix goes on
+            row = dict(
+                run_id=rid,
+                preset_id=name,
+                seed=seed,
+                status='failed',
+                error=f'{type(e).__name__}: {e}',
+                budget_tokens=tokens,
+                traceback=traceback.format_exc(limit=-3),
+                commit=git_commit(),
+                time=time.strftime('%Y-%m-%dT%H:%M:%S'),
+            )
+        if process_state().is_main_process:
+            append_row(folder, row)  # (under `accelerate launch` every process trained it)
     return read_rows(folder)
 
 # %% ../nbs/10_ablations.ipynb #b30e2c8b
-SAY = dict(better='the ablation is better', worse='the ablation is worse', equal='no significant difference', untested='one seed, untested')
+SAY = dict(
+    better='the ablation is better',
+    worse='the ablation is worse',
+    equal='no significant difference',
+    untested='one seed, untested',
+)
+
 
 def ok_rows(rows: list[dict], tokens: int | None = None) -> pd.DataFrame:
     "The finished runs of a batch (at budget `tokens`), one row each (the last, when a run id appears twice)."
     df = pd.DataFrame([r for r in rows if r['status'] == 'ok'])
-    if df.empty: return df
+    if df.empty:
+        return df
     df = df.drop_duplicates('run_id', keep='last')
     return df if tokens is None else df[df.budget_tokens == tokens]
+
 
 def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd.DataFrame:
     "Each ablation against `reference` at budget `tokens`, paired by seed: bpb difference overall and per domain with its test, and its cost."
@@ -202,27 +322,55 @@ def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd
     for name, g in df[df.preset_id != reference].groupby('preset_id', sort=False):
         g = g.set_index('seed')
         seeds = g.index.intersection(ref.index)
-        if not len(seeds): continue
+        if not len(seeds):
+            continue
         t = paired_test(g.loc[seeds, 'bpb all'], ref.loc[seeds, 'bpb all'])
-        row = {'ablation': name, 'seeds': t['n'], 'bpb': g['bpb all'].mean(), 'difference': t['mean'], 'std': t['std'],
-               'ci low': t['ci'][0] if t['ci'] else None, 'ci high': t['ci'][1] if t['ci'] else None, 'p': t['p'], 'verdict': SAY[judge(t)],
-               'params': g.params_non_embedding.mean() / ref.params_non_embedding.mean(), 'tokens/s': g.tokens_per_s.mean() / ref.tokens_per_s.mean()}
-        row.update({f'diff {d[4:]}': (g.loc[seeds, d] - ref.loc[seeds, d]).mean() for d in domains if d != 'bpb all'})
+        row = {
+            'ablation': name,
+            'seeds': t['n'],
+            'bpb': g['bpb all'].mean(),
+            'difference': t['mean'],
+            'std': t['std'],
+            'ci low': t['ci'][0] if t['ci'] else None,
+            'ci high': t['ci'][1] if t['ci'] else None,
+            'p': t['p'],
+            'verdict': SAY[judge(t)],
+            'params': g.params_non_embedding.mean() / ref.params_non_embedding.mean(),
+            'tokens/s': g.tokens_per_s.mean() / ref.tokens_per_s.mean(),
+        }
+        row.update(
+            {f'diff {d[4:]}': (g.loc[seeds, d] - ref.loc[seeds, d]).mean() for d in domains if d != 'bpb all'}
+        )
         out.append(row)
     return pd.DataFrame(out).set_index('ablation')
+
 
 def throughput(rows: list[dict], tokens: int) -> pd.DataFrame:
     "Training tokens/s (median step of each run's second half), peak memory and model FLOPs utilisation per ablation (mean over seeds)."
     df = ok_rows(rows, tokens)
     g = df.groupby('preset_id', sort=False)
-    return g[['params_non_embedding', 'flops_per_token', 'tokens_per_s', 'peak_mem_mb', 'mfu']].mean().assign(seeds=g.seed.count())
+    return (
+        g[['params_non_embedding', 'flops_per_token', 'tokens_per_s', 'peak_mem_mb', 'mfu']]
+        .mean()
+        .assign(seeds=g.seed.count())
+    )
 
 # %% ../nbs/10_ablations.ipynb #0504c2b4
 PUBLISHED_ABLATION = pd.DataFrame(
-    dict(letter=list('abcdef'), val_loss=[1.422, 1.387, 1.394, 1.380, 1.378, 1.569], params=[888e3, 821e3, 888e3, 820e3, 820e3, 821e3],
-         shakespeare=[2.087, 2.095, 2.093, None, None, 2.235], code=[0.629, 0.632, 0.622, None, None, 0.870],
-         data=[0.679, 0.664, 0.655, None, None, 0.743], math=[1.033, 1.062, 1.045, None, None, 1.228]),
-    index=pd.Index(['full_branch', 'no_branch_ffn', 'no_nmda', 'nmda_only', 'bare', 'standard_gpt'], name='ablation'))
+    dict(
+        letter=list('abcdef'),
+        val_loss=[1.422, 1.387, 1.394, 1.380, 1.378, 1.569],
+        params=[888e3, 821e3, 888e3, 820e3, 820e3, 821e3],
+        shakespeare=[2.087, 2.095, 2.093, None, None, 2.235],
+        code=[0.629, 0.632, 0.622, None, None, 0.870],
+        data=[0.679, 0.664, 0.655, None, None, 0.743],
+        math=[1.033, 1.062, 1.045, None, None, 1.228],
+    ),
+    index=pd.Index(
+        ['full_branch', 'no_branch_ffn', 'no_nmda', 'nmda_only', 'bare', 'standard_gpt'], name='ablation'
+    ),
+)
+
 
 def ranking(rows: list[dict], tokens: int) -> dict:
     "The published six ranked by their published loss and by our mean bpb, and the Spearman correlation of the two orders."
@@ -230,79 +378,153 @@ def ranking(rows: list[dict], tokens: int) -> dict:
     ours = df[df.preset_id.isin(PUBLISHED_ABLATION.index)].groupby('preset_id')['bpb all'].mean()
     pub = PUBLISHED_ABLATION.val_loss[ours.index]
     rho = stats.spearmanr(pub, ours).statistic if len(ours) > 2 else None
-    return dict(published=list(pub.sort_values().index), ours=list(ours.sort_values().index), spearman=rho, n=len(ours))
+    return dict(
+        published=list(pub.sort_values().index),
+        ours=list(ours.sort_values().index),
+        spearman=rho,
+        n=len(ours),
+    )
 
 # %% ../nbs/10_ablations.ipynb #91eb1970
 def findings(rows: list[dict], tokens: int) -> list[str]:
     "The ablation study's conclusions at budget `tokens`, as sentences computed from its rows."
     e = effects(rows, tokens)
-    if e.empty: return [f'No ablation has finished beside the full model at {tokens / 1e6:g}M tokens yet.']
+    if e.empty:
+        return [f'No ablation has finished beside the full model at {tokens / 1e6:g}M tokens yet.']
     lines = []
-    for verdict, meaning in (('the ablation is worse', 'removing or changing it costs bits per byte: the mechanism helps'),
-                             ('the ablation is better', 'the model is better without it'),
-                             ('no significant difference', 'no measurable effect at this scale'), ('one seed, untested', 'one seed only, untested')):
+    for verdict, meaning in (
+        ('the ablation is worse', 'removing or changing it costs bits per byte: the mechanism helps'),
+        ('the ablation is better', 'the model is better without it'),
+        ('no significant difference', 'no measurable effect at this scale'),
+        ('one seed, untested', 'one seed only, untested'),
+    ):
         g = e[e.verdict == verdict]
-        if len(g): lines.append(f"{meaning.capitalize()}: " + ', '.join(f"{k} ({r.difference:+.4f} bpb, p = {r.p:.2g}, {r.params:.2f}x parameters)"
-                                                                      if r.p is not None and not pd.isna(r.p) else f"{k} ({r.difference:+.4f} bpb)"
-                                                                      for k, r in g.iterrows()) + '.')
+        if len(g):
+            lines.append(
+                f"{meaning.capitalize()}: "
+                + ', '.join(
+                    f"{k} ({r.difference:+.4f} bpb, p = {r.p:.2g}, {r.params:.2f}x parameters)"
+                    if r.p is not None and not pd.isna(r.p)
+                    else f"{k} ({r.difference:+.4f} bpb)"
+                    for k, r in g.iterrows()
+                )
+                + '.'
+            )
     r = ranking(rows, tokens)
     if r['spearman'] is not None:
-        lines.append(f"The published ranking of its six configurations (best first: {', '.join(r['published'])}) against ours "
-                     f"({', '.join(r['ours'])}): Spearman correlation {r['spearman']:+.2f} over {r['n']} configurations.")
+        lines.append(
+            f"The published ranking of its six configurations (best first: {', '.join(r['published'])}) against ours "
+            f"({', '.join(r['ours'])}): Spearman correlation {r['spearman']:+.2f} over {r['n']} configurations."
+        )
     return lines
 
 # %% ../nbs/10_ablations.ipynb #c303634c
 def plot_ablations(rows: list[dict], tokens: int, path=None):
     "Bits per byte against non-embedding parameters per ablation at budget `tokens` (mean and std over seeds)."
     df = ok_rows(rows, tokens)
-    m = df.groupby('preset_id', sort=False).agg(params=('params_non_embedding', 'mean'), bpb=('bpb all', 'mean'), std=('bpb all', 'std'))
+    m = df.groupby('preset_id', sort=False).agg(
+        params=('params_non_embedding', 'mean'), bpb=('bpb all', 'mean'), std=('bpb all', 'std')
+    )
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = dict(zip(m.index, sns.color_palette('husl', len(m))))
     for name, r in m.iterrows():
-        ax.errorbar(r.params, r.bpb, yerr=0 if pd.isna(r['std']) else r['std'], fmt='s' if name.endswith('@matched') else 'o',
-                    color=colours[name], capsize=3, label=name)
-    if 'full_branch' in m.index: ax.axhline(m.bpb['full_branch'], color='grey', ls=':', lw=1)
-    ax.set(xlabel='non-embedding parameters', ylabel='validation bits per byte',
-           title=f'ablations at {tokens / 1e6:g}M training tokens (squares: size-matched)')
+        ax.errorbar(
+            r.params,
+            r.bpb,
+            yerr=0 if pd.isna(r['std']) else r['std'],
+            fmt='s' if name.endswith('@matched') else 'o',
+            color=colours[name],
+            capsize=3,
+            label=name,
+        )
+    if 'full_branch' in m.index:
+        ax.axhline(m.bpb['full_branch'], color='grey', ls=':', lw=1)
+    ax.set(
+        xlabel='non-embedding parameters',
+        ylabel='validation bits per byte',
+        title=f'ablations at {tokens / 1e6:g}M training tokens (squares: size-matched)',
+    )
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=120)
+    if path:
+        save_figure(fig, path)
     return fig
 
 # %% ../nbs/10_ablations.ipynb #d5679d83
-def report(batch: str = 'study', home=None, name: str | None = 'ablations', results=None, figures=None, command: str = 'biogpt-ablations',
-           matrix: dict = MATRIX, seeds=SEEDS) -> dict:
+def report(
+    batch: str = 'study',
+    home=None,
+    name: str | None = 'ablations',
+    results=None,
+    figures=None,
+    command: str = 'biogpt-ablations',
+    matrix: dict = MATRIX,
+    seeds=SEEDS,
+) -> dict:
     "Effects, throughput, ranking and findings at each budget of a batch's rows; recorded as `results/<name>.json` with its figures."
-    rows = read_rows(Path(home or biogpt_home())/'ablations'/batch)
-    if not rows: raise UserError(f'batch {batch!r} has no rows yet: run `biogpt-ablations` first')
+    rows = read_rows(Path(home or biogpt_home()) / 'ablations' / batch)
+    if not rows:
+        raise UserError(f'batch {batch!r} has no rows yet: run `biogpt-ablations` first')
     budgets = sorted({r['budget_tokens'] for r in rows})
     done = ok_rows(rows)
-    out = dict(batch=batch, rows=rows, finished=len(done), failed=sorted({r['run_id'] for r in rows if r['status'] == 'failed'} - set(done.run_id)),
-               budgets={str(t): dict(effects=_records(effects(rows, t)), throughput=_records(throughput(rows, t)), ranking=ranking(rows, t),
-                                     findings=findings(rows, t)) for t in budgets})
+    out = dict(
+        batch=batch,
+        rows=rows,
+        finished=len(done),
+        failed=sorted({r['run_id'] for r in rows if r['status'] == 'failed'} - set(done.run_id)),
+        budgets={
+            str(t): dict(
+                effects=_records(effects(rows, t)),
+                throughput=_records(throughput(rows, t)),
+                ranking=ranking(rows, t),
+                findings=findings(rows, t),
+            )
+            for t in budgets
+        },
+    )
     if name:
-        figs = Path(figures or results or repo_root()/'figures')
+        figs = Path(figures or results or repo_root() / 'figures')
         figs.mkdir(parents=True, exist_ok=True)
-        for t in budgets: plt.close(plot_ablations(rows, t, figs/f'{name}_{t / 1e6:g}M.png'))
+        for t in budgets:
+            plt.close(plot_ablations(rows, t, figs / f'{name}_{t / 1e6:g}M.png'))
         seeds_run = sorted({r['seed'] for r in rows})
-        save_result(name, out, command=command, seeds=seeds_run, folder=results,
-                    config=dict(matrix={str(k): list(v) for k, v in matrix.items()}, seeds=list(seeds), data=COMPARISON_DATA, recipe=RECIPE,
-                                size=SIZES['main'], tolerance=TOLERANCE),
-                    timings=dict(train_wall_s=round(sum(r.get('wall_s') or 0 for r in rows), 1)))
+        save_result(
+            name,
+            out,
+            command=command,
+            seeds=seeds_run,
+            folder=results,
+            config=dict(
+                matrix={str(k): list(v) for k, v in matrix.items()},
+                seeds=list(seeds),
+                data=COMPARISON_DATA,
+                recipe=RECIPE,
+                size=SIZES['main'],
+                tolerance=TOLERANCE,
+            ),
+            timings=dict(train_wall_s=round(sum(r.get('wall_s') or 0 for r in rows), 1)),
+        )
     return out
 
-def _records(df: pd.DataFrame) -> list[dict]: return df.reset_index().to_dict('records')
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return df.reset_index().to_dict('records')
+
 
 @call_parse
-def ablations_cli(batch: str = 'study',  # the batch folder under $BIOGPT_HOME/ablations
-                  shard: str = '0/1',  # this worker's share of the runs, i/n (run n workers with 0/n ... n-1/n)
-                  report_only: bool = False,  # write results/ablations.json from the rows so far, and run nothing
-                  name: str = 'ablations',  # results name
-                  results: str = None):  # folder of the results file (default: the repository's results/)
+def ablations_cli(
+    batch: str = 'study',  # the batch folder under $BIOGPT_HOME/ablations
+    shard: str = '0/1',  # this worker's share of the runs, i/n (run n workers with 0/n ... n-1/n)
+    report_only: bool = False,  # write results/ablations.json from the rows so far, and run nothing
+    name: str = 'ablations',  # results name
+    results: str = None,
+):  # folder of the results file (default: the repository's results/)
     "Run or resume the ablation matrix (every ablation x budget x seed), then record its report in results/<name>.json."
     prog = invoked_as('biogpt-ablations', 'biogpt.ablations')
     command = perf_env() + prog + ' ' + shlex.join(sys.argv[1:])
     with user_errors(prog):
-        if not report_only: run_matrix(batch=batch, shard=shard)
+        if not report_only:
+            run_matrix(batch=batch, shard=shard)
         out = report(batch, name=name, results=results, command=command)
-        for t, b in out['budgets'].items(): print(f'\n{int(t) / 1e6:g}M tokens:\n' + '\n'.join(f'- {line}' for line in b['findings']))
+        for t, b in out['budgets'].items():
+            print(f'\n{int(t) / 1e6:g}M tokens:\n' + '\n'.join(f'- {line}' for line in b['findings']))

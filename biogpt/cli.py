@@ -17,32 +17,56 @@ from .trainer import export_checkpoint
 __all__ = ['run_data', 'main', 'export_cli']
 
 # %% ../nbs/11_cli.ipynb #c7f141db
-def run_data(tokenizer: str = 'auto', vocab_size: int = 8192, scale: float = 1.0, home=None, results=None) -> dict:
+def run_data(
+    tokenizer: str = 'auto', vocab_size: int = 8192, scale: float = 1.0, home=None, results=None
+) -> dict:
     "Stage 1: build or find the default data; print and record its per-domain table."
     t0 = time.perf_counter()
     shards = default_data(tokenizer, vocab_size, scale=scale, home=home)
     seconds = time.perf_counter() - t0
     table = data_table(shards)
     print(f'{shards}\nat {shards.root} ({seconds:.1f}s)\n\n{table.to_string(index=False)}\n')
-    save_result('data', dict(table=table.to_dict('records'), sources=shards.meta['sources'], tokenizer=shards.meta['tokenizer'],
-                             shards=shards.root.name), command='biogpt', config=dict(tokenizer=tokenizer, vocab_size=vocab_size, scale=scale),
-                seeds=[0], timings=dict(data_s=round(seconds, 2)), folder=results)
+    save_result(
+        'data',
+        dict(
+            table=table.to_dict('records'),
+            sources=shards.meta['sources'],
+            tokenizer=shards.meta['tokenizer'],
+            shards=shards.root.name,
+        ),
+        command='biogpt',
+        config=dict(tokenizer=tokenizer, vocab_size=vocab_size, scale=scale),
+        seeds=[0],
+        timings=dict(data_s=round(seconds, 2)),
+        folder=results,
+    )
     return dict(shards=shards, table=table)
 
 # %% ../nbs/11_cli.ipynb #e6fe8313
 @call_parse
-def main(study: bool = False,  # the whole comparison study (3 seeds at the main size, a pair at the large size), resumable
-         data_only: bool = False):  # stop after stage 1
+def main(
+    study: bool = False,  # the whole comparison study (3 seeds at the main size, a pair at the large size), resumable
+    data_only: bool = False,
+):  # stop after stage 1
     "Run the project on the embedded default data: build the data, then compare BioGPT with its Pythia twin (train, prune, verdict)."
     with user_errors('biogpt'):
         run_data(COMPARISON_DATA['tokenizer'], COMPARISON_DATA['vocab_size'], COMPARISON_DATA['scale'])
-        if data_only: return
-        compare(STUDY if study else MAIN_JOB, 'pythia_study' if study else 'pythia', command='biogpt' + ' --study' * study)
+        if data_only:
+            return
+        compare(
+            STUDY if study else MAIN_JOB,
+            'pythia_study' if study else 'pythia',
+            command='biogpt' + ' --study' * study,
+        )
 
 # %% ../nbs/11_cli.ipynb #3b5d7e06
 @call_parse
-def export_cli(checkpoint: str,  # a trainer checkpoint: <run_dir>/checkpoints/step-NNNNNN
-               out: str):  # the model folder to write
+def export_cli(
+    checkpoint: str,  # a trainer checkpoint: <run_dir>/checkpoints/step-NNNNNN
+    out: str,
+):  # the model folder to write
     "Write a trainer checkpoint (a pruned one too) as a self-contained Hugging Face model folder with a model card."
     with user_errors('biogpt-export'):
-        print(f'wrote {export_checkpoint(checkpoint, out)}: load it with AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)')
+        print(
+            f'wrote {export_checkpoint(checkpoint, out)}: load it with AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)'
+        )

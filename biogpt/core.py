@@ -4,32 +4,38 @@
 
 # %% ../nbs/00_core.ipynb #308ff451
 from __future__ import annotations
-import contextlib, datetime, importlib.metadata, json, os, platform, re, resource, shutil, subprocess, sys, tempfile
+import contextlib, datetime, importlib.metadata, io, json, os, platform, re, resource, shutil, subprocess, sys, tempfile, time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 # %% auto #0
-__all__ = ['STACK', 'PERF_ENV', 'NBDEV_MARKERS', 'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit',
-           'versions', 'run_info', 'peak_memory_mb', 'reset_peak_memory', 'perf_env', 'embedding_modules',
-           'count_params', 'save_result', 'load_result', 'provenance', 'changed_since', 'UserError', 'invoked_as',
-           'user_errors', 'json_option']
+__all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'NBDEV_MARKERS', 'MODEL_MODULES', 'RESULT_MODULES', 'biogpt_home', 'repo_root',
+           'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info', 'peak_memory_mb', 'reset_peak_memory',
+           'perf_env', 'seconds', 'alternate', 'matmul_peak', 'embedding_modules', 'count_params', 'save_result',
+           'load_result', 'provenance', 'save_figure', 'changed_since', 'result_status', 'StaleResultError',
+           'current_result', 'UserError', 'invoked_as', 'user_errors', 'json_option']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
     "The cache folder: `$BIOGPT_HOME`, else `~/.cache/biogpt`."
-    return Path(os.environ.get('BIOGPT_HOME', Path.home()/'.cache'/'biogpt')).expanduser()
+    return Path(os.environ.get('BIOGPT_HOME', Path.home() / '.cache' / 'biogpt')).expanduser()
+
 
 def repo_root() -> Path:
     "The repository root (the folder holding `settings.ini`), searched upwards from the working directory."
     for p in [Path.cwd(), *Path.cwd().parents]:
-        if (p/'settings.ini').exists(): return p
+        if (p / 'settings.ini').exists():
+            return p
     return Path.cwd()
 
 # %% ../nbs/00_core.ipynb #328a59bd
 def _umask() -> int:
-    mask = os.umask(0); os.umask(mask)
+    mask = os.umask(0)
+    os.umask(mask)
     return mask
+
 
 def atomic_write(path, data: bytes | str) -> Path:
     "Write `data` to `path` through a temporary sibling and an atomic rename."
@@ -40,10 +46,12 @@ def atomic_write(path, data: bytes | str) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
         with os.fdopen(fd, 'wb') as f:
             f.write(data.encode() if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     return path
 
@@ -62,7 +70,8 @@ def atomic_dir(path):
             old = path.with_name(f'.{path.name}.old-{os.getpid()}')
             os.replace(path, old)
         os.replace(tmp, path)
-        if old is not None: shutil.rmtree(old)
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -71,34 +80,59 @@ def atomic_dir(path):
 def git_commit(path=None) -> str | None:
     "The current git commit of the repository at `path` (with `+dirty` if its code has uncommitted changes: results and figures do not count), or None."
     try:
-        run = lambda *a: subprocess.run(['git', *a], cwd=path or repo_root(), capture_output=True, text=True, timeout=10)
+        run = lambda *a: subprocess.run(
+            ['git', *a], cwd=path or repo_root(), capture_output=True, text=True, timeout=10
+        )
         sha = run('rev-parse', 'HEAD')
-        if sha.returncode: return None
-        dirty = run('status', '--porcelain', '--untracked-files=no', '--', '.', ':!results', ':!figures').stdout.strip()  # outputs do not make the code dirty
+        if sha.returncode:
+            return None
+        dirty = run(
+            'status', '--porcelain', '--untracked-files=no', '--', '.', ':!results', ':!figures'
+        ).stdout.strip()  # outputs do not make the code dirty
         return sha.stdout.strip() + ('+dirty' if dirty else '')
-    except (OSError, subprocess.SubprocessError): return None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
 
 def _cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
     return platform.processor() or platform.machine()
 
-STACK = ('torch', 'transformers', 'accelerate', 'datasets', 'tokenizers')  # the packages whose version can change a result
+
+STACK = (
+    'torch',
+    'transformers',
+    'accelerate',
+    'datasets',
+    'tokenizers',
+)  # the packages whose version can change a result
+
 
 def versions() -> dict:
     "Python's version and the installed versions of the `STACK` packages."
     return dict(python=platform.python_version(), **{p: importlib.metadata.version(p) for p in STACK})
 
+
 def run_info() -> dict:
     "Hardware, software versions, git commit and time of this run."
-    info = dict(commit=git_commit(), time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), **versions(),
-                platform=platform.platform(), cpu=_cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    info = dict(
+        commit=git_commit(),
+        time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        **versions(),
+        platform=platform.platform(),
+        cpu=_cpu_name(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+    )
     with contextlib.suppress(ValueError, OSError):
         info['ram_gb'] = round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1)
     if torch.cuda.is_available():
         info['gpu'] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
 
 def peak_memory_mb(device=None) -> float:
     "Peak memory of this process in MiB since `reset_peak_memory`: CUDA max allocated on a GPU device, else peak RSS."
@@ -110,16 +144,50 @@ def peak_memory_mb(device=None) -> float:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return kb / (2**20 if sys.platform == 'darwin' else 2**10)
 
+
 def reset_peak_memory(device=None):
     "Start measuring peak memory afresh (a run in a process that ran others): CUDA's counters, or on Linux the process's peak RSS."
-    if device is not None and torch.device(device).type == 'cuda': return torch.cuda.reset_peak_memory_stats(device)
-    with contextlib.suppress(OSError): Path('/proc/self/clear_refs').write_text('5')   # resets VmHWM to the current RSS
+    if device is not None and torch.device(device).type == 'cuda':
+        return torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError):
+        Path('/proc/self/clear_refs').write_text('5')  # resets VmHWM to the current RSS
+
 
 PERF_ENV = ('OMP_WAIT_POLICY', 'OMP_NUM_THREADS')  # environment variables that change CPU speed
+
 
 def perf_env() -> str:
     "The `PERF_ENV` variables that are set, as a shell prefix (`'OMP_WAIT_POLICY=PASSIVE '`), so a recorded command says how it ran."
     return ''.join(f'{k}={os.environ[k]} ' for k in PERF_ENV if k in os.environ)
+
+# %% ../nbs/00_core.ipynb #bd2a6764
+def seconds(fn, *args, **kwargs) -> float:
+    "Wall-clock seconds of one call `fn(*args, **kwargs)`, including the GPU work it queued."
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def alternate(runs: dict, rounds: int, warmup: int = 0) -> dict[str, list]:
+    """What each of `runs` (name: function without arguments) returns, called once per round after `warmup` untimed calls,
+    the order flipping every round so that a slow spell of a shared machine falls on all of them alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    names, out = list(runs), {k: [] for k in runs}
+    for r in range(rounds):
+        for k in names if r % 2 == 0 else names[::-1]:
+            out[k].append(runs[k]())
+    return out
+
+
+@torch.no_grad()
+def matmul_peak(n: int = 1024, rounds: int = 10, dtype=torch.float32) -> float:
+    "This machine's matrix-multiply throughput in FLOP/s: the fastest of `rounds` (n x n) @ (n x n) products in `dtype`."
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / min(alternate(dict(mm=partial(seconds, torch.mm, a, b)), rounds, warmup=1)['mm'])
 
 # %% ../nbs/00_core.ipynb #c3d5e7f9
 def embedding_modules(model) -> list[torch.nn.Module]:
@@ -128,26 +196,51 @@ def embedding_modules(model) -> list[torch.nn.Module]:
     found += [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]  # position tables too
     return list({id(m): m for m in found if m is not None}.values())
 
+
 def count_params(model) -> dict:
     "Total parameters, and non-embedding parameters (without the embedding tables and an untied LM head)."
     total = sum(p.numel() for p in model.parameters())
-    emb = {id(p): p.numel() for m in embedding_modules(model) for p in m.parameters(recurse=False)}  # a tied table once
+    emb = {
+        id(p): p.numel() for m in embedding_modules(model) for p in m.parameters(recurse=False)
+    }  # a tied table once
     return dict(total=total, non_embedding=total - sum(emb.values()))
 
 # %% ../nbs/00_core.ipynb #943e98e7
-def save_result(name: str, results, *, command: str, config: dict | None = None, seeds=None,
-                timings: dict | None = None, folder=None) -> Path:
+def save_result(
+    name: str,
+    results,
+    *,
+    command: str,
+    config: dict | None = None,
+    seeds=None,
+    timings: dict | None = None,
+    folder=None,
+) -> Path:
     "Write `results` with the command, config, seeds, commit, hardware and timings that produced them."
     run = run_info()
-    doc = dict(name=name, command=command, commit=run.pop('commit'), config=config or {}, seeds=seeds, timings=timings or {},
-               run=run, results=results)
-    return atomic_write(Path(folder or repo_root()/'results')/f'{name}.json', json.dumps(doc, indent=1, default=str) + '\n')
+    doc = dict(
+        name=name,
+        command=command,
+        commit=run.pop('commit'),
+        config=config or {},
+        seeds=seeds,
+        timings=timings or {},
+        run=run,
+        results=results,
+    )
+    return atomic_write(
+        Path(folder or repo_root() / 'results') / f'{name}.json',
+        json.dumps(doc, indent=1, default=str) + '\n',
+    )
+
 
 def load_result(name: str, folder=None) -> dict:
     "Read `results/<name>.json`; a clear error naming the command that produces it when missing."
-    path = Path(folder or repo_root()/'results')/f'{name}.json'
+    path = Path(folder or repo_root() / 'results') / f'{name}.json'
     if not path.exists():
-        raise FileNotFoundError(f'{path} does not exist: run the command that produces it (see the RESULTS page).')
+        raise FileNotFoundError(
+            f'{path} does not exist: run the command that produces it (see the RESULTS page).'
+        )
     return json.loads(path.read_text())
 
 # %% ../nbs/00_core.ipynb #0ac389aa
@@ -157,39 +250,112 @@ def provenance(result: dict) -> str:
     hw = ', '.join(run.get('gpu') or [f"{run.get('cpu')} ({run.get('cpu_count')} cores)"])
     return f"`{result['command']}` at commit {str(result['commit'])[:12]} on {hw}, {run.get('time')}, torch {run.get('torch')}, transformers {run.get('transformers')}"
 
+# %% ../nbs/00_core.ipynb #d7b26384
+FIGURE_DPI = 120
+
+
+def save_figure(fig, path) -> Path:
+    "Write matplotlib figure `fig` to `path` (its format from the suffix) atomically."
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix[1:], dpi=FIGURE_DPI)
+    return atomic_write(path, buf.getvalue())
+
 # %% ../nbs/00_core.ipynb #5149a468
-NBDEV_MARKERS = ('^# %% ', '^# AUTOGENERATED')  # lines nbdev writes into generated modules: where a cell came from, not code
+NBDEV_MARKERS = (
+    '^# %% ',
+    '^# AUTOGENERATED',
+)  # lines nbdev writes into generated modules: where a cell came from, not code
+
 
 def changed_since(commit: str | None, paths, root=None) -> list[str] | None:
     "The files among `paths` whose code changed between `commit` and HEAD (None when git cannot tell: no commit or repository, an unknown commit)."
-    if not commit: return None
-    ignore = [a for m in NBDEV_MARKERS for a in ('-I', m)]   # a renumbered chapter changes those lines in every module it exports
+    if not commit:
+        return None
+    ignore = [
+        a for m in NBDEV_MARKERS for a in ('-I', m)
+    ]  # a renumbered chapter changes those lines in every module it exports
     try:
-        r = subprocess.run(['git', 'diff', *ignore, str(commit).removesuffix('+dirty'), 'HEAD', '--', *map(str, paths)],
-                           cwd=root or repo_root(), capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError): return None
+        r = subprocess.run(
+            ['git', 'diff', *ignore, str(commit).removesuffix('+dirty'), 'HEAD', '--', *map(str, paths)],
+            cwd=root or repo_root(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
     return None if r.returncode else re.findall(r'^diff --git a/(\S+) b/', r.stdout, flags=re.M)
+
+# %% ../nbs/00_core.ipynb #24955acc
+MODEL_MODULES = ('neuron', 'cortical', 'feedback', 'model')
+RESULT_MODULES = dict(  # results file: the modules whose code it measured
+    data=('data',),
+    data_bench=('data',),
+    model_bench=(*MODEL_MODULES, 'bench'),
+    train_cpu=('data', *MODEL_MODULES, 'trainer'),
+    train_cpu_gpt_neox=('data', 'trainer'),
+    trainer_bench=('data', *MODEL_MODULES, 'trainer', 'bench'),
+    pruning=('data', *MODEL_MODULES, 'trainer', 'pruning'),
+    lm_eval=('data', *MODEL_MODULES, 'trainer', 'harness'),
+    pythia=('data', *MODEL_MODULES, 'trainer', 'pruning', 'pythia'),
+    pythia_study=('data', *MODEL_MODULES, 'trainer', 'pruning', 'pythia'),
+    ablations=('data', *MODEL_MODULES, 'trainer', 'pythia', 'ablations'),
+)
+
+
+def result_status(name: str, result: dict, root=None) -> str:
+    "'current', 'stale: <changed modules>', or 'unknown' when the file's commit is not in this repository."
+    changed = changed_since(result['commit'], [f'biogpt/{m}.py' for m in RESULT_MODULES[name]], root)
+    if changed is None:
+        return 'unknown (commit not in this repository)'
+    dirty = ' (recorded from uncommitted code)' if str(result['commit']).endswith('+dirty') else ''
+    return ('stale: ' + ', '.join(Path(f).name for f in changed) if changed else 'current') + dirty
+
+
+class StaleResultError(AssertionError):
+    "A results file recorded before a change to the code it measures."
+
+
+def current_result(name: str, folder=None, root=None) -> dict:
+    "Results file `name`, refused (`StaleResultError`) when a module it measures changed after it was recorded."
+    r = load_result(name, folder)
+    status = result_status(name, r, root)
+    if status.startswith('stale') or status.endswith('uncommitted code)'):
+        raise StaleResultError(
+            f"results/{name}.json is {status}: record it again with `{r['command']}` and commit it"
+        )
+    return r
 
 # %% ../nbs/00_core.ipynb #9e7a0c02
 class UserError(ValueError):
     "A mistake in what was asked for, with what to do about it in the message: commands print it as one line."
 
+
 def invoked_as(script: str, module: str) -> str:
     "How this process was started: console script `script`, else `python -m module`."
     return script if Path(sys.argv[0]).name == script else f'python -m {module}'
 
+
 @contextlib.contextmanager
 def user_errors(prog: str):
     "Print a `UserError` raised inside as `prog: error: message` on stderr and exit with status 2; other exceptions pass through."
-    try: yield
+    try:
+        yield
     except UserError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         raise SystemExit(2) from None
 
+
 def json_option(text: str | None, option: str) -> dict:
     "The JSON object given on the command line as `option` ({} when absent), or a `UserError` showing the expected form."
-    if not text: return {}
-    try: value = json.loads(text)
-    except json.JSONDecodeError as e: raise UserError(f"{option} is not valid JSON ({e}): give an object, e.g. {option} '{{\"lr\": 0.001}}'") from None
-    if not isinstance(value, dict): raise UserError(f"{option} must be a JSON object of field names and values, got {text!r}")
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{option} is not valid JSON ({e}): give an object, e.g. {option} '{{\"lr\": 0.001}}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise UserError(f"{option} must be a JSON object of field names and values, got {text!r}")
     return value

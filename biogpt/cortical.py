@@ -5,39 +5,49 @@
 # %% ../nbs/03_cortical.ipynb #e104616d
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from matplotlib.patches import Rectangle
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .neuron import FFN, EfficientBioNeuron, NeuronState, causal_attention
 
 # %% auto #0
-__all__ = ['ZONE_BRANCHES', 'LAYOUT_RULES', 'layer_zone', 'fit_branches', 'auto_layout', 'neuron_shape', 'CorticalLayer',
-           'GPTBlock', 'draw_layout']
+__all__ = ['ZONE_BRANCHES', 'LAYOUT_RULES', 'layer_zone', 'fit_branches', 'attention_heads', 'auto_layout', 'neuron_shape',
+           'CorticalLayer', 'GPTBlock']
 
 # %% ../nbs/03_cortical.ipynb #0a8dfb2f
 ZONE_BRANCHES = dict(early=(8, 8), middle=(8, 6, 4), late=(4, 4))
+
 
 def layer_zone(i: int, n_layers: int) -> str:
     "The zone of layer `i`: 'early', 'middle' or 'late'."
     p = i / (n_layers - 1) if n_layers > 1 else 0.0
     return 'early' if p < 0.33 else 'late' if p > 0.67 else 'middle'
 
+
 def fit_branches(n: int, d_model: int) -> int:
     "The largest branch count <= `n` that divides `d_model`."
-    while d_model % n: n -= 1
+    while d_model % n:
+        n -= 1
     return n
 
+
+def attention_heads(d_model: int) -> int:
+    "The head count of a standard attention of width `d_model`: heads of 64 dimensions (GPT-2, Pythia), at least one, lowered until it divides `d_model`."
+    return fit_branches(max(1, d_model // 64), d_model)
+
+
 LAYOUT_RULES = ('zones', 'uniform', 'one_neuron')
+
 
 def auto_layout(n_layers: int, d_model: int, rule: str = 'zones') -> list[list[int]]:
     """Branch counts of each neuron of each layer: by zone (`'zones'`), the middle zone's in every layer (`'uniform'`: no hierarchy),
     or each zone's first neuron alone (`'one_neuron'`: no competition)."""
-    if rule not in LAYOUT_RULES: raise ValueError(f"layout rule must be one of {LAYOUT_RULES}, got {rule!r}")
-    zones = [ZONE_BRANCHES['middle' if rule == 'uniform' else layer_zone(i, n_layers)] for i in range(n_layers)]
+    if rule not in LAYOUT_RULES:
+        raise ValueError(f"layout rule must be one of {LAYOUT_RULES}, got {rule!r}")
+    zones = [
+        ZONE_BRANCHES['middle' if rule == 'uniform' else layer_zone(i, n_layers)] for i in range(n_layers)
+    ]
     return [[fit_branches(n, d_model) for n in (z[:1] if rule == 'one_neuron' else z)] for z in zones]
 
 # %% ../nbs/03_cortical.ipynb #c4fc4a71
@@ -45,69 +55,78 @@ def neuron_shape(entry, d_model: int, soma_ffn_expansion: float = 3.0, where: st
     "The full shape `{'branches', 'branch_width', 'soma_hidden'}` of a layout entry (a branch count or such a dict)."
     if isinstance(entry, dict):
         if set(entry) != {'branches', 'branch_width', 'soma_hidden'}:
-            raise ValueError(f"cortical_layout{where}: a neuron shape has keys 'branches', 'branch_width', 'soma_hidden', got {sorted(entry)}")
-        if min(entry.values()) < 1: raise ValueError(f"cortical_layout{where}: every size of a neuron must be >= 1, got {entry}")
+            raise ValueError(
+                f"cortical_layout{where}: a neuron shape has keys 'branches', 'branch_width', 'soma_hidden', got {sorted(entry)}"
+            )
+        if min(entry.values()) < 1:
+            raise ValueError(f"cortical_layout{where}: every size of a neuron must be >= 1, got {entry}")
         return dict(entry)
     if not isinstance(entry, int) or entry < 1:
-        raise ValueError(f"cortical_layout{where}: a neuron is a branch count >= 1 or a shape dict, got {entry!r}")
+        raise ValueError(
+            f"cortical_layout{where}: a neuron is a branch count >= 1 or a shape dict, got {entry!r}"
+        )
     if d_model % entry:
-        raise ValueError(f"cortical_layout{where}: d_model={d_model} is not divisible by a branch count of {entry}")
+        raise ValueError(
+            f"cortical_layout{where}: d_model={d_model} is not divisible by a branch count of {entry}"
+        )
     return dict(branches=entry, branch_width=d_model // entry, soma_hidden=int(soma_ffn_expansion * d_model))
 
 # %% ../nbs/03_cortical.ipynb #845d1ef0
 class CorticalLayer(GradientCheckpointingLayer):
     "Pre-LN population of dendritic neurons whose projected outputs are mixed by learned competition."
+
     def __init__(self, d_model: int, shapes: list[dict], dropout: float = 0.0, **neuron_kw):
         super().__init__()
-        if not shapes: raise ValueError("a cortical layer needs at least one neuron")
         self.ln = nn.LayerNorm(d_model)
-        self.neurons = nn.ModuleList(EfficientBioNeuron(d_model, s['branches'], s['branch_width'], s['soma_hidden'], dropout=dropout, **neuron_kw)
-                                     for s in shapes)
+        self.neurons = nn.ModuleList(
+            EfficientBioNeuron(
+                d_model, s['branches'], s['branch_width'], s['soma_hidden'], dropout=dropout, **neuron_kw
+            )
+            for s in shapes
+        )
         self.proj = nn.ModuleList(nn.Linear(d_model, d_model, bias=False) for _ in shapes)
-        if len(shapes) > 1: self.neuron_weights = nn.Parameter(torch.zeros(len(shapes)))
+        if len(shapes) > 1:
+            self.neuron_weights = nn.Parameter(torch.zeros(len(shapes)))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h, states: list[NeuronState] | None = None):
         x = self.ln(h)
-        outs = [proj(neuron(x, None if states is None else s)) for neuron, proj, s in zip(self.neurons, self.proj, states or self.neurons)]
-        if len(outs) == 1: return h + self.drop(outs[0])
+        outs = [
+            proj(neuron(x, None if states is None else s))
+            for neuron, proj, s in zip(self.neurons, self.proj, states or self.neurons)
+        ]
+        if len(outs) == 1:
+            return h + self.drop(outs[0])
         w = self.neuron_weights.softmax(0)
         return h + self.drop(sum(wi * o for wi, o in zip(w, outs)))
 
 # %% ../nbs/03_cortical.ipynb #72ec4508
 class GPTBlock(GradientCheckpointingLayer):
     "A standard pre-LN transformer block: multi-head causal attention, then an MLP."
-    def __init__(self, d_model: int, n_heads: int, ffn_expansion: float = 4.0, activation: str = 'gelu', dropout: float = 0.0):
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        ffn_expansion: float = 4.0,
+        activation: str = 'gelu',
+        dropout: float = 0.0,
+    ):
         super().__init__()
-        if d_model % n_heads: raise ValueError(f"d_model={d_model} is not divisible by gpt_n_heads={n_heads}")
         self.nh, self.dropout = n_heads, dropout
-        self.attn_ln, self.qkv, self.out = nn.LayerNorm(d_model), nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
+        self.attn_ln, self.qkv, self.out = (
+            nn.LayerNorm(d_model),
+            nn.Linear(d_model, 3 * d_model),
+            nn.Linear(d_model, d_model),
+        )
         self.mlp_ln, self.mlp = nn.LayerNorm(d_model), FFN(d_model, int(ffn_expansion * d_model), activation)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h, states: list[NeuronState] | None = None):
         B, T, d = h.shape
         q, k, v = self.qkv(self.attn_ln(h)).view(B, T, 3, self.nh, d // self.nh).permute(2, 0, 3, 1, 4)
-        a = causal_attention(q, k, v, None if states is None else states[0], self.dropout if self.training else 0.0)
+        a = causal_attention(
+            q, k, v, None if states is None else states[0], self.dropout if self.training else 0.0
+        )
         h = h + self.drop(self.out(a.transpose(1, 2).reshape(B, T, d)))
         return h + self.drop(self.mlp(self.mlp_ln(h)))
-
-# %% ../nbs/03_cortical.ipynb #65110833
-def draw_layout(layout: list[list], d_model: int, ax=None, soma_ffn_expansion: float = 3.0):
-    "Draw a cortical layout: one row per layer (input at the bottom), one box per neuron split into its branches."
-    colours = dict(early='#4C72B0', middle='#55A868', late='#C44E52')
-    ax = ax or plt.subplots(figsize=(7, 0.35 * len(layout) + 1))[1]
-    for i, neurons in enumerate(layout):
-        x, colour = 0.0, colours[layer_zone(i, len(layout))]
-        for j, entry in enumerate(neurons):
-            s = neuron_shape(entry, d_model, soma_ffn_expansion, f'[{i}][{j}]')
-            for b in range(s['branches']):
-                w = s['branch_width'] / d_model
-                ax.add_patch(Rectangle((x + b * w, i + 0.1), w, 0.8, facecolor=colour, edgecolor='white', lw=0.8))
-            ax.text(x + s['branches'] * s['branch_width'] / d_model / 2, i + 0.5, f"{s['branches']}x{s['branch_width']}", ha='center', va='center', color='white', fontsize=7)
-            x += s['branches'] * s['branch_width'] / d_model + 0.15
-    ax.set(xlim=(-0.05, 3.4), ylim=(0, len(layout)), yticks=[i + 0.5 for i in range(len(layout))], yticklabels=[f'layer {i}' for i in range(len(layout))],
-           xticks=[], title=f'cortical layout (d_model {d_model}): neurons as branches x width')
-    for z, c in colours.items(): ax.plot([], [], 's', color=c, label=z)
-    ax.legend(loc='lower right', fontsize=7, frameon=False)
-    return ax

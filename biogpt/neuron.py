@@ -4,79 +4,82 @@
 
 # %% ../nbs/02_neuron.ipynb #4ae6415e
 from __future__ import annotations
-import time
-
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'MECHANISMS', 'FILTER_INPUTS', 'Wiggle', 'make_activation', 'xor_fit', 'NMDATrace', 'nmda_trace',
-           'nmda_trace_reference', 'NeuronState', 'causal_attention', 'TemporalConv', 'bench_temporal_conv',
-           'BranchFFN', 'bench_branch_ffn', 'BranchNorm', 'FFN', 'EfficientBioNeuron']
+__all__ = ['ACTIVATIONS', 'MECHANISMS', 'FILTER_INPUTS', 'Wiggle', 'make_activation', 'NMDATrace', 'nmda_trace',
+           'nmda_trace_reference', 'NeuronState', 'causal_attention', 'TemporalConv', 'BranchFFN', 'BranchNorm', 'FFN',
+           'EfficientBioNeuron']
 
 # %% ../nbs/02_neuron.ipynb #56d971f8
-ACTIVATIONS = ('gelu', 'wiggle')
-
 class Wiggle(nn.Module):
     "Oscillating activation `sin(omega*x + phi) * tanh(x) + baseline`, learned per feature."
+
     def __init__(self, shape):
         super().__init__()
         self.omega, self.phi, self.baseline = (nn.Parameter(torch.empty(shape)) for _ in range(3))
         self.reset_parameters()
 
     def reset_parameters(self):
-        nn.init.ones_(self.omega); nn.init.zeros_(self.phi); nn.init.zeros_(self.baseline)
+        nn.init.ones_(self.omega)
+        nn.init.zeros_(self.phi)
+        nn.init.zeros_(self.baseline)
 
-    def forward(self, x): return torch.sin(self.omega * x + self.phi) * torch.tanh(x) + self.baseline
+    def forward(self, x):
+        return torch.sin(self.omega * x + self.phi) * torch.tanh(x) + self.baseline
+
+
+ACTIVATIONS = dict(gelu=lambda shape: nn.GELU(), wiggle=Wiggle)  # name: constructor for features of `shape`
+
 
 def make_activation(activation: str, shape) -> nn.Module:
-    "The activation named `activation` for features of `shape` (`'gelu'` or `'wiggle'`)."
-    if activation == 'gelu': return nn.GELU()
-    if activation == 'wiggle': return Wiggle(shape)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-
-# %% ../nbs/02_neuron.ipynb #d80ed63e
-def xor_fit(activation: nn.Module, steps: int = 600, lr: float = 0.2, seed: int = 0) -> tuple[float, nn.Module]:
-    "Train one unit `activation(w.x + b)` on XOR; returns (accuracy at threshold 0.5, the unit)."
-    torch.manual_seed(seed)
-    x = torch.tensor([[0., 0.], [0., 1.], [1., 0.], [1., 1.]])
-    y = torch.tensor([0., 1., 1., 0.])
-    unit = nn.Sequential(nn.Linear(2, 1), activation, nn.Flatten(0))
-    opt = torch.optim.Adam(unit.parameters(), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad(); F.mse_loss(unit(x), y).backward(); opt.step()
-    with torch.no_grad(): return ((unit(x) > 0.5).float() == y).float().mean().item(), unit
+    "The activation named `activation` (a key of `ACTIVATIONS`) for features of `shape`."
+    return ACTIVATIONS[activation](shape)
 
 # %% ../nbs/02_neuron.ipynb #3bd8cf3a
 def _scan_(x: torch.Tensor, log_lam: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     "In place over positions (dim -2): x_t <- sum of lambda^|t-s| x_s over s <= t (s >= t if `reverse`), in ceil(log2 T) doubling passes."
     step = 1
     while step < x.shape[-2]:
-        lam = torch.exp(log_lam * step)                           # lambda^step
-        if reverse: x[..., :-step, :] += x[..., step:, :] * lam   # the product is a new tensor: every position reads the previous pass
-        else: x[..., step:, :] += x[..., :-step, :] * lam
+        lam = torch.exp(log_lam * step)  # lambda^step
+        if reverse:
+            x[..., :-step, :] += (
+                x[..., step:, :] * lam
+            )  # the product is a new tensor: every position reads the previous pass
+        else:
+            x[..., step:, :] += x[..., :-step, :] * lam
         step *= 2
     return x
 
+
 class NMDATrace(torch.autograd.Function):
     "The NMDA trace with its adjoint written out: forward is one scan, backward one reverse scan; only the trace is saved."
+
     @staticmethod
     def forward(ctx, v, decay, trace0):
-        dt = torch.promote_types(v.dtype, torch.float32)           # fp32 under any autocast dtype (fp64 for gradcheck)
-        log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)          # (branches, 1, width), broadcast over batch and positions
+        dt = torch.promote_types(v.dtype, torch.float32)  # fp32 under any autocast dtype (fp64 for gradcheck)
+        log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(
+            -2
+        )  # (branches, 1, width), broadcast over batch and positions
         lam = log_lam.exp()
-        carried = None if trace0 is None else lam[..., 0, :] * trace0.to(dt)   # lambda trace_{-1}: enters the trace and the output at t = 0
-        trace = (1 - lam) * v.to(dt)                                # each position's contribution, then the scan sums them
-        if carried is not None: trace[..., 0, :] += carried
+        carried = (
+            None if trace0 is None else lam[..., 0, :] * trace0.to(dt)
+        )  # lambda trace_{-1}: enters the trace and the output at t = 0
+        trace = (1 - lam) * v.to(dt)  # each position's contribution, then the scan sums them
+        if carried is not None:
+            trace[..., 0, :] += carried
         _scan_(trace, log_lam)
-        out = v.to(dt, copy=True)                                   # v_t + lambda trace_{t-1}
+        out = v.to(dt, copy=True)  # v_t + lambda trace_{t-1}
         out[..., 1:, :] += lam * trace[..., :-1, :]
-        if carried is not None: out[..., 0, :] += carried
+        if carried is not None:
+            out[..., 0, :] += carried
         ctx.save_for_backward(v, decay, trace0, trace)
-        return out.to(v.dtype), trace[..., -1, :].clone()          # a copy, so a decoding state does not pin the whole trace
+        return out.to(v.dtype), trace[
+            ..., -1, :
+        ].clone()  # a copy, so a decoding state does not pin the whole trace
 
     @staticmethod
     def backward(ctx, g_out, g_last):
@@ -84,23 +87,35 @@ class NMDATrace(torch.autograd.Function):
         dt = trace.dtype
         log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)
         lam, g = log_lam.exp(), g_out.to(dt)
-        a = torch.empty_like(trace)                                 # a_t = dL/dtrace_t = lambda (g_{t+1} + a_{t+1})
+        a = torch.empty_like(trace)  # a_t = dL/dtrace_t = lambda (g_{t+1} + a_{t+1})
         a[..., :-1, :] = lam * g[..., 1:, :]
         a[..., -1, :] = g_last
         _scan_(a, log_lam, reverse=True)
-        prev = trace.roll(1, -2)                                    # trace_{t-1}
+        prev = trace.roll(1, -2)  # trace_{t-1}
         prev[..., 0, :] = 0 if trace0 is None else trace0
         d_lam = (g * prev + a * (prev - v.to(dt))).sum(-2).reshape(-1, *decay.shape).sum(0)
-        d_trace0 = None if trace0 is None else (lam[..., 0, :] * (g[..., 0, :] + a[..., 0, :])).to(trace0.dtype)
-        return (g + (1 - lam) * a).to(v.dtype), (d_lam * lam[..., 0, :] * (1 - lam[..., 0, :])).to(decay.dtype), d_trace0
+        d_trace0 = (
+            None if trace0 is None else (lam[..., 0, :] * (g[..., 0, :] + a[..., 0, :])).to(trace0.dtype)
+        )
+        return (
+            (g + (1 - lam) * a).to(v.dtype),
+            (d_lam * lam[..., 0, :] * (1 - lam[..., 0, :])).to(decay.dtype),
+            d_trace0,
+        )
 
-def nmda_trace(v: torch.Tensor, decay: torch.Tensor, trace0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+
+def nmda_trace(
+    v: torch.Tensor, decay: torch.Tensor, trace0: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Enrich values `v` (B, branches, T, width) with the NMDA trace of decay logits `decay` (branches, width).
     Returns `v + lambda * trace_{t-1}` and the trace after the last position; `trace0` (B, branches, width) is the trace before the first."""
-    if v.shape[-2] == 1 and trace0 is not None:   # one new position (a decoding step): the recurrence itself, two fused ops
+    if (
+        v.shape[-2] == 1 and trace0 is not None
+    ):  # one new position (a decoding step): the recurrence itself, two fused ops
         lam, prev, vf = torch.sigmoid(decay.float()).unsqueeze(-2), trace0.float().unsqueeze(-2), v.float()
         return torch.addcmul(vf, lam, prev).to(v.dtype), torch.lerp(vf, prev, lam).squeeze(-2)
     return NMDATrace.apply(v, decay, trace0)
+
 
 def nmda_trace_reference(v, decay, trace0=None):
     "The NMDA trace step by step over positions: the definition `nmda_trace` must equal."
@@ -112,19 +127,10 @@ def nmda_trace_reference(v, decay, trace0=None):
         trace = lam * trace + (1 - lam) * v[..., t, :]
     return torch.stack(out, -2), trace
 
-# %% ../nbs/02_neuron.ipynb #e0b7c3d2
-def _time(fn, x, reps, backward=True):
-    "Milliseconds per call of `fn(x)` (with a backward pass, or under `no_grad` as in decoding), after 3 warm-up calls."
-    with torch.set_grad_enabled(backward):
-        for i in range(reps + 3):
-            if i == 3: t0 = time.perf_counter()
-            y = fn(x)
-            if backward: y.square().mean().backward()
-    return 1e3 * (time.perf_counter() - t0) / reps
-
 # %% ../nbs/02_neuron.ipynb #fc18ad92
 class NeuronState(DynamicLayer):
     "Decoding memory of one neuron: branch keys and values, the temporal-filter window, the NMDA trace."
+
     is_sliding = False
 
     def __init__(self):
@@ -132,78 +138,93 @@ class NeuronState(DynamicLayer):
         self.window = self.trace = None
 
     def _map(self, fn):
-        if self.window is not None: self.window = fn(self.window)
-        if self.trace is not None: self.trace = fn(self.trace)
+        if self.window is not None:
+            self.window = fn(self.window)
+        if self.trace is not None:
+            self.trace = fn(self.trace)
 
     def reorder_cache(self, beam_idx):
-        super().reorder_cache(beam_idx); self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        super().reorder_cache(beam_idx)
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats):
-        super().batch_repeat_interleave(repeats); self._map(lambda t: t.repeat_interleave(repeats, 0))
+        super().batch_repeat_interleave(repeats)
+        self._map(lambda t: t.repeat_interleave(repeats, 0))
 
     def batch_select_indices(self, indices):
-        super().batch_select_indices(indices); self._map(lambda t: t[indices])
+        super().batch_select_indices(indices)
+        self._map(lambda t: t[indices])
 
     def reset(self):
-        super().reset(); self.window = self.trace = None
+        super().reset()
+        self.window = self.trace = None
 
     def crop(self, max_length):
-        raise NotImplementedError("a neuron's NMDA trace and filter window cannot be rolled back: decode without cropping the cache")
+        raise NotImplementedError(
+            "a neuron's NMDA trace and filter window cannot be rolled back: decode without cropping the cache"
+        )
 
 # %% ../nbs/02_neuron.ipynb #13f08605
 def causal_attention(q, k, v, state: NeuronState | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     "Causal attention of queries (B, heads, T, width) over keys and values, after appending them to `state`."
-    if state is not None: k, v = state.update(k, v)
+    if state is not None:
+        k, v = state.update(k, v)
     T, S = q.shape[-2], k.shape[-2]
-    if T == S: return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-    if T == 1: return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)  # the new block sees the whole past
+    if T == S:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    if T == 1:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(
+        S - T
+    )  # the new block sees the whole past
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 # %% ../nbs/02_neuron.ipynb #d61ebac9
 class TemporalConv(nn.Conv1d):
     "Causal convolution over positions of each branch's current (B, branches, T, width), channels grouped by branch; returns (B, T, channels)."
+
     def __init__(self, width: int, n_branches: int, kernel: int = 5):
         super().__init__(width, width, kernel, groups=n_branches)
 
     def forward(self, x, state: NeuronState | None = None):
         K = self.kernel_size[0]
-        if state is None: return self.by_conv(x, K - 1)   # the convolution pads: no padded copy of the input
+        if state is None:
+            return self.by_conv(x, K - 1)  # the convolution pads: no padded copy of the input
         past = state.window if state.window is not None else x.new_zeros(*x.shape[:2], K - 1, x.shape[3])
         x = torch.cat([past.to(x.dtype), x], 2)
-        state.window = x[:, :, -(K - 1):]
-        if x.shape[2] == K: return self.by_windows(x)   # one new position (decoding): the faster form there, see below
+        state.window = x[:, :, -(K - 1) :]
+        if x.shape[2] == K:
+            return self.by_windows(
+                x
+            )  # one new position (decoding): the faster form there (timed in the benchmarks chapter)
         return self.by_conv(x)
 
     def by_conv(self, x, pad: int = 0):
         "The convolution of `x` (B, branches, L, width) as one grouped `conv1d`, after `pad` zeros on the left (`pad=0`: `x` is padded already)."
         B, nb, L, db = x.shape
         y = F.conv1d(x.transpose(2, 3).reshape(B, nb * db, L), self.weight, self.bias, padding=pad, groups=nb)
-        return y[..., :y.shape[-1] - pad].transpose(1, 2)   # conv1d pads both sides: drop the outputs that saw the right padding
+        return y[..., : y.shape[-1] - pad].transpose(
+            1, 2
+        )  # conv1d pads both sides: drop the outputs that saw the right padding
 
     def by_windows(self, x):
         "The convolution of left-padded `x` (B, branches, T+K-1, width): unfolded windows times each branch's kernel, one `baddbmm`."
         K = self.kernel_size[0]
         B, nb, L, db = x.shape
         T = L - K + 1
-        win = x.unfold(2, K, 1).transpose(0, 1).reshape(nb, B * T, db * K)   # (branches, B*T, width*K)
+        win = x.unfold(2, K, 1).transpose(0, 1).reshape(nb, B * T, db * K)  # (branches, B*T, width*K)
         w = self.weight.view(nb, db, db * K).transpose(1, 2)
-        return torch.baddbmm(self.bias.view(nb, 1, db), win, w).view(nb, B, T, db).permute(1, 2, 0, 3).reshape(B, T, nb * db)
-
-# %% ../nbs/02_neuron.ipynb #1799c68e
-def bench_temporal_conv(batch: int = 8, seq_len: int = 256, width: int = 256, n_branches: int = 8, reps: int = 10) -> pd.DataFrame:
-    "Time of the temporal filter as grouped conv1d and as unfolded windows: training (forward+backward) and one decoding step."
-    torch.manual_seed(0)
-    conv, K = TemporalConv(width, n_branches), 5
-    rows = []
-    for regime, T, backward, n in (('training', seq_len, True, reps), ('decoding step', 1, False, 20 * reps)):
-        x = torch.randn(batch if backward else 1, n_branches, T + K - 1, width // n_branches, requires_grad=backward)   # left-padded
-        rows += [dict(regime=regime, form=form, ms=_time(f, x, n, backward)) for form, f in (('grouped conv1d', conv.by_conv), ('unfold + baddbmm', conv.by_windows))]
-    return pd.DataFrame(rows).pivot(index='regime', columns='form', values='ms').round(3)
+        return (
+            torch.baddbmm(self.bias.view(nb, 1, db), win, w)
+            .view(nb, B, T, db)
+            .permute(1, 2, 0, 3)
+            .reshape(B, T, nb * db)
+        )
 
 # %% ../nbs/02_neuron.ipynb #e2afccf3
 class BranchFFN(nn.Module):
     "A separate FFN per branch, `width -> expansion*width -> width`, all branches in one batched matmul."
+
     def __init__(self, n_branches: int, branch_width: int, expansion: float = 2.0, activation: str = 'gelu'):
         super().__init__()
         nb, db, hid = n_branches, branch_width, int(expansion * branch_width)
@@ -215,80 +236,113 @@ class BranchFFN(nn.Module):
 
     def reset_parameters(self, std: float = 0.02):
         "Normal(0, std) weights, zero biases: the rule the model applies to every matrix."
-        for w in (self.w1, self.w2): nn.init.normal_(w, std=std)
-        for b in (self.b1, self.b2): nn.init.zeros_(b)
+        for w in (self.w1, self.w2):
+            nn.init.normal_(w, std=std)
+        for b in (self.b1, self.b2):
+            nn.init.zeros_(b)
 
     def forward(self, x):
         B, T, _ = x.shape
-        h = x.reshape(B * T, self.nb, self.db).transpose(0, 1)       # (branches, B*T, width)
+        h = x.reshape(B * T, self.nb, self.db).transpose(0, 1)  # (branches, B*T, width)
         h = self.act(torch.baddbmm(self.b1, h, self.w1))
         return torch.baddbmm(self.b2, h, self.w2).transpose(0, 1).reshape(B, T, -1)
-
-# %% ../nbs/02_neuron.ipynb #7ab5d3ec
-def bench_branch_ffn(tokens: int = 4096, width: int = 256, n_branches: int = 8, reps: int = 20) -> pd.DataFrame:
-    "Forward+backward time of the per-branch FFN in three batched forms, measured side by side."
-    torch.manual_seed(0)
-    ffn = BranchFFN(n_branches, width // n_branches)
-    conv1 = nn.Conv1d(width, 2 * width, 1, groups=n_branches); conv2 = nn.Conv1d(2 * width, width, 1, groups=n_branches)
-    x = torch.randn(tokens // 256, 256, width, requires_grad=True)
-    def einsum(x):
-        h = x.unflatten(-1, (ffn.nb, ffn.db))
-        h = F.gelu(torch.einsum('btnd,ndh->btnh', h, ffn.w1) + ffn.b1.squeeze(1))
-        return (torch.einsum('btnh,nhd->btnd', h, ffn.w2) + ffn.b2.squeeze(1)).flatten(-2)
-    def conv(x): return conv2(F.gelu(conv1(x.transpose(1, 2)))).transpose(1, 2)
-    rows = [dict(form=name, ms=_time(f, x, reps)) for name, f in (('baddbmm (kept)', ffn), ('einsum', einsum), ('grouped Conv1d 1x1', conv))]
-    df = pd.DataFrame(rows)
-    return df.assign(relative=df.ms / df.ms[0])
 
 # %% ../nbs/02_neuron.ipynb #e96ba2d5
 class BranchNorm(nn.Module):
     "Normalise each branch's channels at each position (GroupNorm with one group per branch, per position)."
+
     def __init__(self, n_branches: int, branch_width: int, eps: float = 1e-5):
         super().__init__()
         self.nb, self.db, self.eps = n_branches, branch_width, eps
-        self.weight, self.bias = nn.Parameter(torch.ones(n_branches * branch_width)), nn.Parameter(torch.zeros(n_branches * branch_width))
+        self.weight, self.bias = (
+            nn.Parameter(torch.ones(n_branches * branch_width)),
+            nn.Parameter(torch.zeros(n_branches * branch_width)),
+        )
 
     def forward(self, x):
         y = F.layer_norm(x.unflatten(-1, (self.nb, self.db)), (self.db,), eps=self.eps).flatten(-2)
-        return y * self.weight + self.bias   # two ops: one addcmul measured slower here, forward and backward
+        return y * self.weight + self.bias  # two ops: one addcmul measured slower here, forward and backward
 
 # %% ../nbs/02_neuron.ipynb #70fe9f20
 class FFN(nn.Module):
     "Linear -> activation -> Linear."
+
     def __init__(self, d_model: int, hidden: int, activation: str = 'gelu', bias: bool = True):
         super().__init__()
-        self.up, self.act, self.down = nn.Linear(d_model, hidden, bias=bias), make_activation(activation, hidden), nn.Linear(hidden, d_model, bias=bias)
+        self.up, self.act, self.down = (
+            nn.Linear(d_model, hidden, bias=bias),
+            make_activation(activation, hidden),
+            nn.Linear(hidden, d_model, bias=bias),
+        )
 
-    def forward(self, x): return self.down(self.act(self.up(x)))
+    def forward(self, x):
+        return self.down(self.act(self.up(x)))
 
 # %% ../nbs/02_neuron.ipynb #5f316020
 MECHANISMS = ('attention', 'nmda', 'temporal_conv', 'branch_ffn', 'branch_norm', 'soma_ffn')
-FILTER_INPUTS = ('current', 'attention')  # what the temporal filter reads: the branch input (here) or the attention output (published)
+FILTER_INPUTS = (
+    'current',
+    'attention',
+)  # what the temporal filter reads: the branch input (here) or the attention output (published)
+
 
 class EfficientBioNeuron(nn.Module):
     "A dendritic neuron: `n_branches` branches of `branch_width` channels over a `d_model` residual stream, then a soma."
-    def __init__(self, d_model: int, n_branches: int, branch_width: int | None = None, soma_hidden: int | None = None, *,
-                 attention=True, nmda=True, temporal_conv=True, branch_ffn=True, branch_norm=True, soma_ffn=True,
-                 activation: str = 'gelu', soma_ffn_expansion: float = 3.0, branch_ffn_expansion: float = 2.0,
-                 conv_kernel: int = 5, nmda_tau: float = 0.9, dropout: float = 0.0, filter_input: str = 'current'):
+
+    def __init__(
+        self,
+        d_model: int,
+        n_branches: int,
+        branch_width: int | None = None,
+        soma_hidden: int | None = None,
+        *,
+        attention=True,
+        nmda=True,
+        temporal_conv=True,
+        branch_ffn=True,
+        branch_norm=True,
+        soma_ffn=True,
+        activation: str = 'gelu',
+        soma_ffn_expansion: float = 3.0,
+        branch_ffn_expansion: float = 2.0,
+        conv_kernel: int = 5,
+        nmda_tau: float = 0.9,
+        dropout: float = 0.0,
+        filter_input: str = 'current',
+    ):
         super().__init__()
-        if filter_input not in FILTER_INPUTS: raise ValueError(f"filter_input must be one of {FILTER_INPUTS}, got {filter_input!r}")
-        if branch_width is None:
-            if n_branches < 1 or d_model % n_branches:
-                raise ValueError(f"d_model={d_model} is not divisible by n_branches={n_branches}: choose a branch count that divides d_model")
-            branch_width = d_model // n_branches
-        if not any((attention, nmda, temporal_conv, branch_ffn, branch_norm, soma_ffn)):
-            raise ValueError(f"all neuron mechanisms are off: switch on at least one of {MECHANISMS}")
-        self.nb, self.db, self.nmda_tau, self.dropout, self.filter_input = n_branches, branch_width, nmda_tau, dropout, filter_input
-        on = dict(attention=attention, nmda=nmda, temporal_conv=temporal_conv, branch_ffn=branch_ffn, branch_norm=branch_norm, soma_ffn=soma_ffn)
+        branch_width = (
+            branch_width or d_model // n_branches
+        )  # the configuration has checked the shapes (`BioGPTConfig.layout`)
+        self.nb, self.db, self.nmda_tau, self.dropout, self.filter_input = (
+            n_branches,
+            branch_width,
+            nmda_tau,
+            dropout,
+            filter_input,
+        )
+        on = dict(
+            attention=attention,
+            nmda=nmda,
+            temporal_conv=temporal_conv,
+            branch_ffn=branch_ffn,
+            branch_norm=branch_norm,
+            soma_ffn=soma_ffn,
+        )
         self.mechanisms = frozenset(m for m in MECHANISMS if on[m])
         inner = n_branches * branch_width
-        if attention: self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
-        else: self.v = nn.Linear(d_model, inner, bias=False)
-        if nmda: self.nmda_decay = nn.Parameter(torch.full((n_branches, branch_width), nmda_tau))
-        if temporal_conv: self.conv = TemporalConv(inner, n_branches, conv_kernel)
-        if branch_ffn: self.branch_ffn = BranchFFN(n_branches, branch_width, branch_ffn_expansion, activation)
-        if branch_norm: self.branch_norm = BranchNorm(n_branches, branch_width)
+        if attention:
+            self.qkv = nn.Linear(d_model, 3 * inner, bias=False)
+        else:
+            self.v = nn.Linear(d_model, inner, bias=False)
+        if nmda:
+            self.nmda_decay = nn.Parameter(torch.full((n_branches, branch_width), nmda_tau))
+        if temporal_conv:
+            self.conv = TemporalConv(inner, n_branches, conv_kernel)
+        if branch_ffn:
+            self.branch_ffn = BranchFFN(n_branches, branch_width, branch_ffn_expansion, activation)
+        if branch_norm:
+            self.branch_norm = BranchNorm(n_branches, branch_width)
         self.soma_proj = nn.Linear(inner, d_model, bias=False)
         if soma_ffn:
             self.soma_ln = nn.LayerNorm(d_model)
@@ -300,20 +354,31 @@ class EfficientBioNeuron(nn.Module):
 
     def forward(self, h, state: NeuronState | None = None):
         B, T, _ = h.shape
-        if self.has('attention'): q, k, v = (t.transpose(1, 2) for t in self.qkv(h).view(B, T, 3, self.nb, self.db).unbind(2))  # (B, branches, T, width) views
-        else: v = self.v(h).view(B, T, self.nb, self.db).transpose(1, 2)      # (B, branches, T, width)
-        current = v                                                              # the branch input, before the trace
+        if self.has('attention'):
+            q, k, v = (
+                t.transpose(1, 2) for t in self.qkv(h).view(B, T, 3, self.nb, self.db).unbind(2)
+            )  # (B, branches, T, width) views
+        else:
+            v = self.v(h).view(B, T, self.nb, self.db).transpose(1, 2)  # (B, branches, T, width)
+        current = v  # the branch input, before the trace
         if self.has('nmda'):
             v, trace = nmda_trace(v, self.nmda_decay, None if state is None else state.trace)
-            if state is not None: state.trace = trace
-        if self.has('attention'): v = causal_attention(q, k, v, state, self.dropout if self.training else 0.0)
+            if state is not None:
+                state.trace = trace
+        if self.has('attention'):
+            v = causal_attention(q, k, v, state, self.dropout if self.training else 0.0)
         b = v.transpose(1, 2).reshape(B, T, -1)
-        if self.has('temporal_conv') and self.filter_input == 'attention':   # the published wiring: the filter reads the attention
-            f = self.conv(v, state)                                             # output and reaches the result through the branch FFN
+        if (
+            self.has('temporal_conv') and self.filter_input == 'attention'
+        ):  # the published wiring: the filter reads the attention
+            f = self.conv(v, state)  # output and reaches the result through the branch FFN
             b = b + (self.branch_ffn(f) if self.has('branch_ffn') else f)
         else:
-            if self.has('temporal_conv'): b = b + self.conv(current, state)
-            if self.has('branch_ffn'): b = b + self.branch_ffn(b)
-        if self.has('branch_norm'): b = self.branch_norm(b)
+            if self.has('temporal_conv'):
+                b = b + self.conv(current, state)
+            if self.has('branch_ffn'):
+                b = b + self.branch_ffn(b)
+        if self.has('branch_norm'):
+            b = self.branch_norm(b)
         s = self.soma_proj(b)
         return s + self.soma_ffn(self.soma_ln(s)) if self.has('soma_ffn') else s

@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,41 +25,57 @@ from fastcore.script import call_parse
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from .core import biogpt_home, count_params, embedding_modules, invoked_as, json_option, perf_env, save_result, user_errors
+from .core import alternate, biogpt_home, count_params, embedding_modules, invoked_as, json_option
+from .core import perf_env, save_figure, save_result, seconds, user_errors
 from .cortical import CorticalLayer
 from .model import BioGPTForCausalLM
 from .neuron import BranchFFN, EfficientBioNeuron
-from .trainer import (TrainConfig, Trainer, evaluate, get_preset, latest_checkpoint, lm_loss, load_shards, read_trainer_state, run_name,
-                            train, verify_checkpoint)
+from .trainer import TrainConfig, Trainer, evaluate, get_preset, latest_checkpoint, lm_loss, load_shards
+from .trainer import read_trainer_state, run_name, train, verify_checkpoint
 
 # %% auto #0
 __all__ = ['LINEAR_MAPS', 'SPARSITIES', 'STRUCTURED', 'register_linear_map', 'prunable_weights', 'scope_table',
            'scope_side_by_side', 'hold_zeros', 'magnitude_prune', 'make_permanent', 'prunable_count', 'sparsity_report',
-           'structure_units', 'remove_units', 'neuron_sparsity', 'apoptosis', 'finetune_steps', 'finetune_config',
-           'finetune', 'masked_for_resume', 'taylor_scores', 'structured_prune', 'bench_inference', 'pruning_study',
-           'prune_stage', 'prune_cli', 'curve_table', 'structured_table', 'plot_curve', 'plot_structured']
+           'structure_units', 'remove_units', 'neuron_sparsity', 'apoptosis', 'pruning_seeds', 'finetune_steps',
+           'finetune_config', 'finetune', 'masked_for_resume', 'taylor_scores', 'structured_prune', 'bench_inference',
+           'pruning_study', 'prune_stage', 'prune_cli', 'curve_table', 'structured_table', 'plot_curve',
+           'plot_structured']
 
 # %% ../nbs/07_pruning.ipynb #df3f4596
-LINEAR_MAPS: dict[type, tuple[str, ...]] = {nn.Linear: ('weight',), nn.Conv1d: ('weight',), nn.Conv2d: ('weight',), Conv1D: ('weight',)}
+LINEAR_MAPS: dict[type, tuple[str, ...]] = {
+    nn.Linear: ('weight',),
+    nn.Conv1d: ('weight',),
+    nn.Conv2d: ('weight',),
+    Conv1D: ('weight',),
+}
+
 
 def register_linear_map(cls: type, *names: str):
     "Declare that parameters `names` of modules of type `cls` are linear-map weights, hence prunable."
     LINEAR_MAPS[cls] = names
 
+
 register_linear_map(BranchFFN, 'w1', 'w2')
+
 
 def _linear_map_names(module) -> tuple[str, ...]:
     return next((names for cls, names in LINEAR_MAPS.items() if isinstance(module, cls)), ())
+
 
 def prunable_weights(model) -> list[tuple[str, nn.Module, str]]:
     "(qualified name, module, parameter name) of every tensor in the prunable scope of `model`."
     skip = {id(m) for m in embedding_modules(model)}
     out = []
     for mname, module in model.named_modules():
-        if id(module) in skip: continue
+        if id(module) in skip:
+            continue
         for pname in _linear_map_names(module):
-            if getattr(module, pname, None) is not None: out.append((f'{mname}.{pname}', module, pname))
-    if not out: raise ValueError(f'{type(model).__name__} has no prunable weights (no linear maps or convolutions outside its embeddings)')
+            if getattr(module, pname, None) is not None:
+                out.append((f'{mname}.{pname}', module, pname))
+    if not out:
+        raise ValueError(
+            f'{type(model).__name__} has no prunable weights (no linear maps or convolutions outside its embeddings)'
+        )
     return out
 
 # %% ../nbs/07_pruning.ipynb #df3b840e
@@ -69,18 +86,39 @@ def scope_table(model) -> pd.DataFrame:
     for mname, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
             base = pname.removesuffix('_orig')  # a pruned parameter is stored as <name>_orig
-            if id(p) in seen: continue
+            if id(p) in seen:
+                continue
             seen.add(id(p))
-            rows.append(dict(kind=f'{type(module).__name__}.{base}', prunable=(id(module), base) in scope, tensors=1, params=p.numel()))
-    df = pd.DataFrame(rows).groupby(['prunable', 'kind'], sort=False)[['tensors', 'params']].sum().reset_index()
+            rows.append(
+                dict(
+                    kind=f'{type(module).__name__}.{base}',
+                    prunable=(id(module), base) in scope,
+                    tensors=1,
+                    params=p.numel(),
+                )
+            )
+    df = (
+        pd.DataFrame(rows)
+        .groupby(['prunable', 'kind'], sort=False)[['tensors', 'params']]
+        .sum()
+        .reset_index()
+    )
     return df.sort_values(['prunable', 'params'], ascending=False, ignore_index=True)
+
 
 def scope_side_by_side(**models) -> pd.DataFrame:
     "The scope tables of several models (by name) side by side, with totals of the prunable set and of the rest."
     tables = {k: scope_table(m).set_index(['prunable', 'kind']) for k, m in models.items()}
-    df = pd.concat(tables, axis=1).fillna(0).astype(int).sort_index(level=0, ascending=False, sort_remaining=False)
+    df = (
+        pd.concat(tables, axis=1)
+        .fillna(0)
+        .astype(int)
+        .sort_index(level=0, ascending=False, sort_remaining=False)
+    )
     totals = pd.concat({k: t.groupby(level=0).sum() for k, t in tables.items()}, axis=1).fillna(0).astype(int)
-    totals.index = pd.MultiIndex.from_tuples([(p, 'TOTAL ' + ('prunable' if p else 'not prunable')) for p in totals.index])
+    totals.index = pd.MultiIndex.from_tuples(
+        [(p, 'TOTAL ' + ('prunable' if p else 'not prunable')) for p in totals.index]
+    )
     return pd.concat([df, totals.sort_index(ascending=False)])
 
 # %% ../nbs/07_pruning.ipynb #c70765cb
@@ -88,14 +126,19 @@ def _weight(m: nn.Module, p: str) -> torch.Tensor:
     "Parameter `p` of `m` as the forward pass sees it (a masked weight is recomputed only at the next forward: read it from its parts)."
     return getattr(m, f'{p}_orig') * getattr(m, f'{p}_mask') if hasattr(m, f'{p}_mask') else getattr(m, p)
 
+
 def hold_zeros(model):
     "Attach a pruning mask to every unmasked prunable tensor of `model` that holds its current zeros at zero (in place)."
     for _, m, p in prunable_weights(model):
-        if not hasattr(m, f'{p}_mask'): prune.custom_from_mask(m, p, getattr(m, p) != 0)
+        if not hasattr(m, f'{p}_mask'):
+            prune.custom_from_mask(m, p, getattr(m, p) != 0)
     return model
 
+
 def _check_fraction(x: float, what: str = 'sparsity'):
-    if not 0 <= x < 1: raise ValueError(f'{what} must be in [0, 1), got {x}')
+    if not 0 <= x < 1:
+        raise ValueError(f'{what} must be in [0, 1), got {x}')
+
 
 def magnitude_prune(model, sparsity: float):
     "Zero the `sparsity` fraction of smallest-magnitude weights over the whole prunable scope of `model` (in place, as masks)."
@@ -104,13 +147,16 @@ def magnitude_prune(model, sparsity: float):
     hold_zeros(model)  # weights already zero count towards the target and stay zero
     total = sum(getattr(m, p).numel() for m, p in params)
     amount = round(sparsity * total) - sum(int((_weight(m, p) == 0).sum()) for m, p in params)
-    if amount > 0: prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+    if amount > 0:
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
     return model
+
 
 def make_permanent(model):
     "Fold pruning masks into the weights (zeros stay zeros) and drop the masks, so the model saves like any other."
     for _, m, p in prunable_weights(model):
-        if prune.is_pruned(m) and hasattr(m, f'{p}_orig'): prune.remove(m, p)
+        if prune.is_pruned(m) and hasattr(m, f'{p}_orig'):
+            prune.remove(m, p)
     return model
 
 # %% ../nbs/07_pruning.ipynb #6d0fc3fb
@@ -118,40 +164,62 @@ def prunable_count(model) -> int:
     "Number of weights in the prunable scope of `model`."
     return sum(getattr(m, p).numel() for _, m, p in prunable_weights(model))
 
+
 def sparsity_report(model) -> dict:
     "Sparsity of the prunable set, and active parameters in total and outside the embeddings."
     scope = [_weight(m, p) for _, m, p in prunable_weights(model)]
     prunable = sum(w.numel() for w in scope)
     zeros = sum(int((w == 0).sum()) for w in scope)
     n = count_params(model)
-    return dict(sparsity=zeros / prunable, prunable=prunable, pruned=zeros, total=n['total'], active=n['total'] - zeros,
-                non_embedding=n['non_embedding'], active_non_embedding=n['non_embedding'] - zeros)
+    return dict(
+        sparsity=zeros / prunable,
+        prunable=prunable,
+        pruned=zeros,
+        total=n['total'],
+        active=n['total'] - zeros,
+        non_embedding=n['non_embedding'],
+        active_non_embedding=n['non_embedding'] - zeros,
+    )
 
 # %% ../nbs/07_pruning.ipynb #1ba3fc60
 def _cortical(model) -> list[CorticalLayer]:
     if not isinstance(model, BioGPTForCausalLM) or model.config.block != 'cortical':
-        raise TypeError(f'{type(model).__name__} has no cortical layers: removing neurons, branches and soma units needs a cortical BioGPT')
+        raise TypeError(
+            f'{type(model).__name__} has no cortical layers: removing neurons, branches and soma units needs a cortical BioGPT'
+        )
     return list(model.model.layers)
+
 
 def _check_unmasked(model):
     if any(n.endswith('_mask') for n, _ in model.named_buffers()):
-        raise ValueError('the model carries pruning masks: call make_permanent(model) before changing its structure')
+        raise ValueError(
+            'the model carries pruning masks: call make_permanent(model) before changing its structure'
+        )
+
 
 def _neuron_prunable(layer: CorticalLayer, i: int) -> int:
     "Prunable weights of neuron `i` of `layer`, its projection included."
     n = layer.neurons[i]
-    return sum(getattr(m, p).numel() for m in n.modules() for p in _linear_map_names(m)) + layer.proj[i].weight.numel()
+    return (
+        sum(getattr(m, p).numel() for m in n.modules() for p in _linear_map_names(m))
+        + layer.proj[i].weight.numel()
+    )
+
 
 def _branch_prunable(n: EfficientBioNeuron) -> int:
     "Prunable weights that belong to one branch of neuron `n`."
     parts = [n.qkv.weight if n.has('attention') else n.v.weight, n.soma_proj.weight]
-    if n.has('temporal_conv'): parts.append(n.conv.weight)
-    if n.has('branch_ffn'): parts += [n.branch_ffn.w1, n.branch_ffn.w2]
+    if n.has('temporal_conv'):
+        parts.append(n.conv.weight)
+    if n.has('branch_ffn'):
+        parts += [n.branch_ffn.w1, n.branch_ffn.w2]
     return sum(p.numel() for p in parts) // n.nb
+
 
 def _soma_prunable(n: EfficientBioNeuron) -> int:
     "Prunable weights of one soma unit of neuron `n` (a row of `up` and a column of `down`)."
     return 2 * n.soma_ffn.up.in_features if n.has('soma_ffn') else 0
+
 
 def structure_units(model) -> pd.DataFrame:
     "Every removable unit of a cortical BioGPT: layer, neuron, kind ('neuron', 'branch', 'soma'), index, and its prunable weights."
@@ -159,59 +227,118 @@ def structure_units(model) -> pd.DataFrame:
     for l, layer in enumerate(_cortical(model)):
         for i, n in enumerate(layer.neurons):
             rows.append(dict(layer=l, neuron=i, kind='neuron', index=i, params=_neuron_prunable(layer, i)))
-            rows += [dict(layer=l, neuron=i, kind='branch', index=b, params=_branch_prunable(n)) for b in range(n.nb)]
-            if n.has('soma_ffn'): rows += [dict(layer=l, neuron=i, kind='soma', index=j, params=_soma_prunable(n)) for j in range(n.soma_ffn.up.out_features)]
+            rows += [
+                dict(layer=l, neuron=i, kind='branch', index=b, params=_branch_prunable(n))
+                for b in range(n.nb)
+            ]
+            if n.has('soma_ffn'):
+                rows += [
+                    dict(layer=l, neuron=i, kind='soma', index=j, params=_soma_prunable(n))
+                    for j in range(n.soma_ffn.up.out_features)
+                ]
     return pd.DataFrame(rows)
 
 # %% ../nbs/07_pruning.ipynb #bd176209
-_BY_BRANCH = ('nmda_decay', 'branch_ffn.')                               # leading dimension: branch
-_BY_CHANNEL = ('conv.', 'branch_norm.', 'v.weight')                      # leading dimension: branch x width
-_BY_SOMA = ('soma_ffn.up.', 'soma_ffn.act.')                             # leading dimension: soma unit
+_BY_BRANCH = ('nmda_decay', 'branch_ffn.')  # leading dimension: branch
+_BY_CHANNEL = ('conv.', 'branch_norm.', 'v.weight')  # leading dimension: branch x width
+_BY_SOMA = ('soma_ffn.up.', 'soma_ffn.act.')  # leading dimension: soma unit
 
-def _slice_neuron(name: str, t: torch.Tensor, n: EfficientBioNeuron, branches: torch.Tensor, soma: torch.Tensor | None) -> torch.Tensor:
+
+def _slice_neuron(
+    name: str, t: torch.Tensor, n: EfficientBioNeuron, branches: torch.Tensor, soma: torch.Tensor | None
+) -> torch.Tensor:
     "The part of parameter `name` (relative to neuron `n`) that belongs to the kept `branches` and `soma` units."
     ch = (branches[:, None] * n.db + torch.arange(n.db)).flatten()
     W = n.nb * n.db
-    if name.startswith(_BY_BRANCH): return t.index_select(0, branches)
-    if name.startswith(_BY_CHANNEL): return t.index_select(0, ch)
-    if name == 'qkv.weight': return t.index_select(0, torch.cat([ch, ch + W, ch + 2 * W]))
-    if name == 'soma_proj.weight': return t.index_select(1, ch)
-    if soma is not None and name.startswith(_BY_SOMA): return t.index_select(0, soma)
-    if soma is not None and name == 'soma_ffn.down.weight': return t.index_select(1, soma)
+    if name.startswith(_BY_BRANCH):
+        return t.index_select(0, branches)
+    if name.startswith(_BY_CHANNEL):
+        return t.index_select(0, ch)
+    if name == 'qkv.weight':
+        return t.index_select(0, torch.cat([ch, ch + W, ch + 2 * W]))
+    if name == 'soma_proj.weight':
+        return t.index_select(1, ch)
+    if soma is not None and name.startswith(_BY_SOMA):
+        return t.index_select(0, soma)
+    if soma is not None and name == 'soma_ffn.down.weight':
+        return t.index_select(1, soma)
     return t  # soma LayerNorm and the bias of `down`: one per model dimension
+
 
 def remove_units(model, units) -> PreTrainedModel:
     "A new, smaller BioGPT without `units` (rows or tuples of layer, neuron, kind, index); the others compute exactly as before."
     _check_unmasked(model)
     layers = _cortical(model)
     drop = {}
-    for l, i, kind, j in (tuple(u) for u in (units[['layer', 'neuron', 'kind', 'index']].itertuples(index=False) if isinstance(units, pd.DataFrame) else units)):
-        if kind not in ('neuron', 'branch', 'soma'): raise ValueError(f"a unit's kind is 'neuron', 'branch' or 'soma', got {kind!r}")
+    for l, i, kind, j in (
+        tuple(u)
+        for u in (
+            units[['layer', 'neuron', 'kind', 'index']].itertuples(index=False)
+            if isinstance(units, pd.DataFrame)
+            else units
+        )
+    ):
+        if kind not in ('neuron', 'branch', 'soma'):
+            raise ValueError(f"a unit's kind is 'neuron', 'branch' or 'soma', got {kind!r}")
         drop.setdefault((int(l), int(i)), {'neuron': False, 'branch': set(), 'soma': set()})
-        if kind == 'neuron': drop[l, i]['neuron'] = True
-        else: drop[l, i][kind].add(int(j))
+        if kind == 'neuron':
+            drop[l, i]['neuron'] = True
+        else:
+            drop[l, i][kind].add(int(j))
     sd, cfg = model.state_dict(), copy.deepcopy(model.config)
     new_sd = {k: v for k, v in sd.items() if not k.startswith('model.layers.')}
     layout = []
     for l, layer in enumerate(layers):
         pre, shapes = f'model.layers.{l}.', cfg.layout[l]
         keep = [i for i in range(len(layer.neurons)) if not drop.get((l, i), {}).get('neuron')]
-        if not keep: raise ValueError(f'removing these units would remove every neuron of layer {l}: a layer keeps at least one neuron')
+        if not keep:
+            raise ValueError(
+                f'removing these units would remove every neuron of layer {l}: a layer keeps at least one neuron'
+            )
         new_sd.update({k: v for k, v in sd.items() if k.startswith(pre + 'ln.')})
         logits = layer.neuron_weights.detach() if hasattr(layer, 'neuron_weights') else torch.zeros(1)
-        mass = logits.softmax(0)[keep].sum() if len(keep) < len(layer.neurons) else 1.0  # mixing weight the survivors keep
+        mass = (
+            logits.softmax(0)[keep].sum() if len(keep) < len(layer.neurons) else 1.0
+        )  # mixing weight the survivors keep
         layout.append([])
         for new_i, i in enumerate(keep):
             n, d = layer.neurons[i], drop.get((l, i), {'branch': set(), 'soma': set()})
             branches = torch.tensor([b for b in range(n.nb) if b not in d['branch']], dtype=torch.long)
-            soma = torch.tensor([j for j in range(n.soma_ffn.up.out_features) if j not in d['soma']], dtype=torch.long) if n.has('soma_ffn') else None
-            if not len(branches): raise ValueError(f'removing these units would remove every branch of neuron {i} of layer {l}: remove the neuron instead')
-            if soma is not None and not len(soma): raise ValueError(f'removing these units would remove every soma unit of neuron {i} of layer {l}: a neuron keeps at least one')
+            soma = (
+                torch.tensor(
+                    [j for j in range(n.soma_ffn.up.out_features) if j not in d['soma']], dtype=torch.long
+                )
+                if n.has('soma_ffn')
+                else None
+            )
+            if not len(branches):
+                raise ValueError(
+                    f'removing these units would remove every branch of neuron {i} of layer {l}: remove the neuron instead'
+                )
+            if soma is not None and not len(soma):
+                raise ValueError(
+                    f'removing these units would remove every soma unit of neuron {i} of layer {l}: a neuron keeps at least one'
+                )
             src = f'{pre}neurons.{i}.'
-            new_sd.update({f'{pre}neurons.{new_i}.{k[len(src):]}': _slice_neuron(k[len(src):], v, n, branches, soma) for k, v in sd.items() if k.startswith(src)})
+            new_sd.update(
+                {
+                    f'{pre}neurons.{new_i}.{k[len(src) :]}': _slice_neuron(
+                        k[len(src) :], v, n, branches, soma
+                    )
+                    for k, v in sd.items()
+                    if k.startswith(src)
+                }
+            )
             new_sd[f'{pre}proj.{new_i}.weight'] = sd[f'{pre}proj.{i}.weight'] * mass
-            layout[-1].append(dict(branches=len(branches), branch_width=n.db, soma_hidden=len(soma) if soma is not None else shapes[i]['soma_hidden']))
-        if len(keep) > 1: new_sd[pre + 'neuron_weights'] = logits[keep].clone()
+            layout[-1].append(
+                dict(
+                    branches=len(branches),
+                    branch_width=n.db,
+                    soma_hidden=len(soma) if soma is not None else shapes[i]['soma_hidden'],
+                )
+            )
+        if len(keep) > 1:
+            new_sd[pre + 'neuron_weights'] = logits[keep].clone()
     cfg.cortical_layout = layout
     new = type(model)(cfg).to(next(model.parameters()).dtype)
     new.load_state_dict(new_sd)
@@ -223,36 +350,59 @@ def neuron_sparsity(model) -> pd.DataFrame:
     rows = []
     for l, layer in enumerate(_cortical(model)):
         for i, n in enumerate(layer.neurons):
-            ws = [_weight(m, p) for m in n.modules() for p in _linear_map_names(m)] + [_weight(layer.proj[i], 'weight')]
+            ws = [_weight(m, p) for m in n.modules() for p in _linear_map_names(m)] + [
+                _weight(layer.proj[i], 'weight')
+            ]
             total, zeros = sum(w.numel() for w in ws), sum(int((w == 0).sum()) for w in ws)
             rows.append(dict(layer=l, neuron=i, params=total, pruned=zeros, fraction=zeros / total))
     return pd.DataFrame(rows)
 
+
 def apoptosis(model, threshold: float = 0.95) -> tuple[PreTrainedModel, dict]:
     "Remove every neuron with more than `threshold` of its prunable weights pruned (keeping the last of each layer); returns the model and a report."
     _check_unmasked(model)
-    if not isinstance(model, BioGPTForCausalLM) or model.config.block != 'cortical': return model, dict(removed=[], spared=[])
+    if not isinstance(model, BioGPTForCausalLM) or model.config.block != 'cortical':
+        return model, dict(removed=[], spared=[])
     t = neuron_sparsity(model)
     dead, spared = [], []
     for l, g in t.groupby('layer'):
         over = g[g.fraction > threshold]
         if len(over) == len(g):  # the whole layer is dead: keep its least pruned neuron
-            keep = over.fraction.idxmin(); spared.append((l, int(g.neuron[keep]))); over = over.drop(keep)
+            keep = over.fraction.idxmin()
+            spared.append((l, int(g.neuron[keep])))
+            over = over.drop(keep)
         dead += [(l, int(i)) for i in over.neuron]
     report = dict(removed=dead, spared=spared, fractions=t.fraction.round(4).tolist())
     return (remove_units(model, [(l, i, 'neuron', i) for l, i in dead]) if dead else model), report
 
 # %% ../nbs/07_pruning.ipynb #9927e8b6
+def pruning_seeds(cfg: TrainConfig) -> dict:
+    "The seeds of a pruning run of one base model: the model's training seed, and those of the batches fine-tuning and calibration draw."
+    return dict(model=cfg.seed, finetune_data=cfg.seed + 1, calibration_data=cfg.seed + 2)
+
+
 def finetune_steps(cfg: TrainConfig) -> int:
     "Fine-tuning steps after pruning for the recipe `cfg`: its warm-up length (the paper recipe's 500)."
     return max(1, cfg.warmup_steps)
 
+
 def finetune_config(cfg: TrainConfig, steps: int | None = None) -> TrainConfig:
     "The recipe that fine-tunes a pruned model trained with `cfg`: its final learning rate, constant, for `steps` steps."
     steps = finetune_steps(cfg) if steps is None else steps
-    if steps < 1: raise ValueError(f'fine-tuning needs at least one step, got {steps}')
-    return dataclasses.replace(cfg, max_steps=steps, warmup_steps=0, lr=cfg.lr * cfg.min_lr_ratio, min_lr_ratio=1.0, eval_every=0,
-                               ckpt_every=0, seed=cfg.seed + 1, tensorboard=False)
+    if steps < 1:
+        raise ValueError(f'fine-tuning needs at least one step, got {steps}')
+    return dataclasses.replace(
+        cfg,
+        max_steps=steps,
+        warmup_steps=0,
+        lr=cfg.lr * cfg.min_lr_ratio,
+        min_lr_ratio=1.0,
+        eval_every=0,
+        ckpt_every=0,
+        seed=pruning_seeds(cfg)['finetune_data'],
+        tensorboard=False,
+    )
+
 
 def finetune(model, cfg: TrainConfig, steps: int | None = None, shards=None) -> PreTrainedModel:
     "Fine-tune `model` (its pruning masks held) through the `Trainer` for `steps` steps of `finetune_config(cfg)`; returns the model."
@@ -261,7 +411,9 @@ def finetune(model, cfg: TrainConfig, steps: int | None = None, shards=None) -> 
         tr = Trainer(ft, run_dir, shards=shards, model=model, verbose=False)
         tr.fit(final=False)
         tr.log.close()
-        model = tr.acc.unwrap_model(tr.model, keep_fp32_wrapper=False)  # drops the autocast wrapper of the forward pass
+        model = tr.acc.unwrap_model(
+            tr.model, keep_fp32_wrapper=False
+        )  # drops the autocast wrapper of the forward pass
     return model
 
 # %% ../nbs/07_pruning.ipynb #e2447c4e
@@ -277,91 +429,150 @@ def taylor_scores(model, batches) -> pd.DataFrame:
     model.eval()
     for x, y in batches:
         model.zero_grad(set_to_none=True)
-        with torch.enable_grad(): lm_loss(model(input_ids=x, use_cache=False).logits, y).backward()
+        with torch.enable_grad():
+            lm_loss(model(input_ids=x, use_cache=False).logits, y).backward()
         est = []
         for layer in _cortical(model):
             for i, n in enumerate(layer.neurons):
                 wg = lambda w: (w.detach() * w.grad).double()
                 est.append(wg(layer.proj[i].weight).sum().view(1))
-                est.append(wg(n.soma_proj.weight).view(-1, n.nb, n.db).sum((0, 2)))        # per branch
-                if n.has('soma_ffn'): est.append(wg(n.soma_ffn.down.weight).sum(0))       # per soma unit
+                est.append(wg(n.soma_proj.weight).view(-1, n.nb, n.db).sum((0, 2)))  # per branch
+                if n.has('soma_ffn'):
+                    est.append(wg(n.soma_ffn.down.weight).sum(0))  # per soma unit
         sq += torch.cat(est) ** 2
-    model.zero_grad(set_to_none=True); model.train(was_training)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
     return units.assign(score=(sq / len(batches)).sqrt().numpy())
 
-def structured_prune(model, fraction: float, scores: pd.DataFrame | None = None, batches=None) -> tuple[PreTrainedModel, dict]:
+
+def structured_prune(
+    model, fraction: float, scores: pd.DataFrame | None = None, batches=None
+) -> tuple[PreTrainedModel, dict]:
     "A smaller BioGPT with `fraction` of the prunable set removed as whole units, least Taylor score per weight first; and a report."
     _check_fraction(fraction, 'the fraction of prunable weights to remove')
     _check_unmasked(model)
-    if scores is None: scores = taylor_scores(model, batches)
+    if scores is None:
+        scores = taylor_scores(model, batches)
     total = prunable_count(model)
     layers = _cortical(model)
     alive = {l: len(layer.neurons) for l, layer in enumerate(layers)}
-    left = {(l, i): {'branch': n.nb, 'soma': n.soma_ffn.up.out_features if n.has('soma_ffn') else 0}
-            for l, layer in enumerate(layers) for i, n in enumerate(layer.neurons)}
-    freed = {k: 0 for k in left}                                  # prunable weights already taken from each neuron
+    left = {
+        (l, i): {'branch': n.nb, 'soma': n.soma_ffn.up.out_features if n.has('soma_ffn') else 0}
+        for l, layer in enumerate(layers)
+        for i, n in enumerate(layer.neurons)
+    }
+    freed = {k: 0 for k in left}  # prunable weights already taken from each neuron
     gone, taken, removed = set(), set(), 0
-    order = list(scores.assign(per_weight=scores.score / scores.params).sort_values('per_weight', kind='stable').itertuples())
+    order = list(
+        scores.assign(per_weight=scores.score / scores.params)
+        .sort_values('per_weight', kind='stable')
+        .itertuples()
+    )
 
     def gain(u) -> int | None:
         "Prunable weights that removing unit `u` would free now, or None if it cannot be removed."
         key = (u.layer, u.neuron)
-        if key in gone or (u.layer, u.neuron, u.kind, u.index) in taken: return None
-        if u.kind == 'neuron': return None if alive[u.layer] == 1 else u.params - freed[key]
+        if key in gone or (u.layer, u.neuron, u.kind, u.index) in taken:
+            return None
+        if u.kind == 'neuron':
+            return None if alive[u.layer] == 1 else u.params - freed[key]
         return None if left[key][u.kind] == 1 else u.params
 
     def take(u, g):
         nonlocal removed
         key = (u.layer, u.neuron)
-        if u.kind == 'neuron': alive[u.layer] -= 1; gone.add(key)
-        else: left[key][u.kind] -= 1; freed[key] += u.params
-        taken.add((u.layer, u.neuron, u.kind, u.index)); removed += g
+        if u.kind == 'neuron':
+            alive[u.layer] -= 1
+            gone.add(key)
+        else:
+            left[key][u.kind] -= 1
+            freed[key] += u.params
+        taken.add((u.layer, u.neuron, u.kind, u.index))
+        removed += g
 
     for u in order:  # cheapest loss per weight first, passing over units larger than what is still to remove
         g = gain(u)
-        if g is not None and g <= fraction * total - removed: take(u, g)
-    for _, i in sorted((g, i) for i, u in enumerate(order) if (g := gain(u)) is not None):  # close the gap with the smallest units that can still go
-        if removed >= fraction * total: break
-        if (g := gain(order[i])) is not None: take(order[i], g)
+        if g is not None and g <= fraction * total - removed:
+            take(u, g)
+    for _, i in sorted(
+        (g, i) for i, u in enumerate(order) if (g := gain(u)) is not None
+    ):  # close the gap with the smallest units that can still go
+        if removed >= fraction * total:
+            break
+        if (g := gain(order[i])) is not None:
+            take(order[i], g)
     chosen = sorted(c for c in taken if c[2] == 'neuron' or (c[0], c[1]) not in gone)
     if removed < fraction * total:
-        raise ValueError(f'removing {fraction:.0%} of the prunable weights as whole units would remove every neuron of a layer: at most '
-                         f'{removed / total:.1%} can go while every layer keeps a neuron with a branch and a soma unit')
+        raise ValueError(
+            f'removing {fraction:.0%} of the prunable weights as whole units would remove every neuron of a layer: at most '
+            f'{removed / total:.1%} can go while every layer keeps a neuron with a branch and a soma unit'
+        )
     small = remove_units(model, chosen)
     kinds = pd.Series([c[2] for c in chosen]).value_counts()
-    return small, dict(target=fraction, removed_fraction=1 - prunable_count(small) / total,
-                       removed={k: int(kinds.get(k, 0)) for k in ('neuron', 'branch', 'soma')},
-                       layout=small.config.cortical_layout)
+    return small, dict(
+        target=fraction,
+        removed_fraction=1 - prunable_count(small) / total,
+        removed={k: int(kinds.get(k, 0)) for k in ('neuron', 'branch', 'soma')},
+        layout=small.config.cortical_layout,
+    )
 
 # %% ../nbs/07_pruning.ipynb #eb9a9070
 SPARSITIES = (0.0, 0.25, 0.45, 0.5, 0.7, 0.9)
 STRUCTURED = (0.25, 0.45, 0.7)
 
+
 def _metrics(ev: dict) -> dict:
     return {d: dict(loss=v['loss'], ppl=v['ppl'], bpb=v['bpb']) for d, v in ev.items()}
 
+
 @torch.no_grad()
-def bench_inference(models: dict, seq_len: int, batch: int = 4, rounds: int = 5, vocab: int = 256) -> dict[str, float]:
+def bench_inference(
+    models: dict, seq_len: int, batch: int = 4, rounds: int = 5, vocab: int = 256
+) -> dict[str, float]:
     "Tokens per second of a forward pass of each of `models` (by name) on one (batch, seq_len) batch: median of `rounds` alternating rounds."
     x = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
-    for m in models.values(): m.eval()(input_ids=x, use_cache=False)  # warm-up
-    names, times = list(models), {k: [] for k in models}
-    for r in range(rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter(); models[k](input_ids=x, use_cache=False); times[k].append(time.perf_counter() - t0)
+    for m in models.values():
+        m.eval()
+    times = alternate(
+        {k: partial(seconds, m, input_ids=x, use_cache=False) for k, m in models.items()}, rounds, warmup=1
+    )
     return {k: batch * seq_len / statistics.median(v) for k, v in times.items()}
 
-def pruning_study(base, cfg: TrainConfig, sparsities=SPARSITIES, structured=STRUCTURED, steps: int | None = None, shards=None,
-                  threshold: float = 0.95, calib_batches: int = 8, eval_tokens: int | None = None, bench_rounds: int = 5, log=print,
-                  each=None) -> dict:
+
+def pruning_study(
+    base,
+    cfg: TrainConfig,
+    sparsities=SPARSITIES,
+    structured=STRUCTURED,
+    steps: int | None = None,
+    shards=None,
+    threshold: float = 0.95,
+    calib_batches: int = 8,
+    eval_tokens: int | None = None,
+    bench_rounds: int = 5,
+    log=print,
+    each=None,
+) -> dict:
     """Sparsity curve, structured pruning and inference speed of the trained model `base` (trained with `cfg`); see above.
     `each(sparsity, model)`, when given, sees every fine-tuned model of the curve (to generate from it, say)."""
-    for s in (*sparsities, *structured): _check_fraction(s)
+    for s in (*sparsities, *structured):
+        _check_fraction(s)
     shards = shards or load_shards(cfg.data)
     steps = finetune_steps(cfg) if steps is None else steps
-    evaluate_ = lambda m: _metrics(evaluate(m, shards, cfg.seq_len, cfg.eval_batch, eval_tokens or cfg.final_eval_tokens))
-    base_prunable, cortical = prunable_count(base), isinstance(base, BioGPTForCausalLM) and base.config.block == 'cortical'
-    out = dict(arch=base.config.model_type, finetune_steps=steps, base=dict(**sparsity_report(base), eval=evaluate_(base)), curve=[], structured=[])
+    evaluate_ = lambda m: _metrics(
+        evaluate(m, shards, cfg.seq_len, cfg.eval_batch, eval_tokens or cfg.final_eval_tokens)
+    )
+    base_prunable, cortical = (
+        prunable_count(base),
+        isinstance(base, BioGPTForCausalLM) and base.config.block == 'cortical',
+    )
+    out = dict(
+        arch=base.config.model_type,
+        finetune_steps=steps,
+        base=dict(**sparsity_report(base), eval=evaluate_(base)),
+        curve=[],
+        structured=[],
+    )
     kept = {}
     for s in sparsities:
         t0 = time.perf_counter()
@@ -370,18 +581,40 @@ def pruning_study(base, cfg: TrainConfig, sparsities=SPARSITIES, structured=STRU
         before = evaluate_(m)
         m = make_permanent(finetune(hold_zeros(m), cfg, steps, shards))
         r = sparsity_report(m)
-        out['curve'].append(dict(sparsity=s, achieved_sparsity=1 - (r['prunable'] - r['pruned']) / base_prunable, model_sparsity=r['sparsity'],
-                                 total=r['total'], active=r['active'], active_non_embedding=r['active_non_embedding'],
-                                 neurons_removed=len(apo['removed']) if cortical else None, neurons_spared=len(apo['spared']) if cortical else None,
-                                 apoptosis=apo, eval_before_finetune=before, eval=evaluate_(m), seconds=round(time.perf_counter() - t0, 1)))
+        out['curve'].append(
+            dict(
+                sparsity=s,
+                achieved_sparsity=1 - (r['prunable'] - r['pruned']) / base_prunable,
+                model_sparsity=r['sparsity'],
+                total=r['total'],
+                active=r['active'],
+                active_non_embedding=r['active_non_embedding'],
+                neurons_removed=len(apo['removed']) if cortical else None,
+                neurons_spared=len(apo['spared']) if cortical else None,
+                apoptosis=apo,
+                eval_before_finetune=before,
+                eval=evaluate_(m),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        )
         kept[s] = m
-        if each: each(s, m)
+        if each:
+            each(s, m)
         p = out['curve'][-1]
-        log(f"{out['arch']} sparsity {s:.2f}: achieved {p['achieved_sparsity']:.3f}, active {p['active']:,}, neurons removed {p['neurons_removed']}, "
-            f"val loss {p['eval_before_finetune']['all']['loss']:.3f} -> {p['eval']['all']['loss']:.3f} after fine-tuning ({p['seconds']:.0f}s)")
-    if not cortical or not structured: return out
+        log(
+            f"{out['arch']} sparsity {s:.2f}: achieved {p['achieved_sparsity']:.3f}, active {p['active']:,}, neurons removed {p['neurons_removed']}, "
+            f"val loss {p['eval_before_finetune']['all']['loss']:.3f} -> {p['eval']['all']['loss']:.3f} after fine-tuning ({p['seconds']:.0f}s)"
+        )
+    if not cortical or not structured:
+        return out
     t0 = time.perf_counter()
-    scores = taylor_scores(base, [shards.sample(i, cfg.micro_batch, cfg.seq_len, seed=cfg.seed + 2) for i in range(calib_batches)])
+    scores = taylor_scores(
+        base,
+        [
+            shards.sample(i, cfg.micro_batch, cfg.seq_len, seed=pruning_seeds(cfg)['calibration_data'])
+            for i in range(calib_batches)
+        ],
+    )
     out['taylor_s'] = round(time.perf_counter() - t0, 1)
     speed = {'dense': kept.get(0.0, base)}
     for f in structured:
@@ -390,31 +623,57 @@ def pruning_study(base, cfg: TrainConfig, sparsities=SPARSITIES, structured=STRU
         before = evaluate_(small)
         small = finetune(small, cfg, steps, shards)
         r = sparsity_report(small)
-        out['structured'].append(dict(**rep, total=r['total'], non_embedding=r['non_embedding'], eval_before_finetune=before, eval=evaluate_(small),
-                                      seconds=round(time.perf_counter() - t0, 1)))
-        if f in kept: speed[f'unstructured {f:.2f}'] = kept[f]
+        out['structured'].append(
+            dict(
+                **rep,
+                total=r['total'],
+                non_embedding=r['non_embedding'],
+                eval_before_finetune=before,
+                eval=evaluate_(small),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        )
+        if f in kept:
+            speed[f'unstructured {f:.2f}'] = kept[f]
         speed[f'structured {f:.2f}'] = small
-        log(f"structured {f:.2f}: removed {rep['removed_fraction']:.3f} of the prunable set ({rep['removed']}), {r['total']:,} parameters, "
-            f"val loss {before['all']['loss']:.3f} -> {out['structured'][-1]['eval']['all']['loss']:.3f} after fine-tuning")
-    out['inference'] = dict(tokens_per_s=bench_inference(speed, cfg.seq_len, rounds=bench_rounds, vocab=base.config.vocab_size),
-                            batch=4, seq_len=cfg.seq_len, rounds=bench_rounds, dtype='float32', threads=torch.get_num_threads())
-    log('inference tokens/s: ' + ', '.join(f'{k} {v:,.0f}' for k, v in out['inference']['tokens_per_s'].items()))
+        log(
+            f"structured {f:.2f}: removed {rep['removed_fraction']:.3f} of the prunable set ({rep['removed']}), {r['total']:,} parameters, "
+            f"val loss {before['all']['loss']:.3f} -> {out['structured'][-1]['eval']['all']['loss']:.3f} after fine-tuning"
+        )
+    out['inference'] = dict(
+        tokens_per_s=bench_inference(speed, cfg.seq_len, rounds=bench_rounds, vocab=base.config.vocab_size),
+        batch=4,
+        seq_len=cfg.seq_len,
+        rounds=bench_rounds,
+        dtype='float32',
+        threads=torch.get_num_threads(),
+    )
+    log(
+        'inference tokens/s: '
+        + ', '.join(f'{k} {v:,.0f}' for k, v in out['inference']['tokens_per_s'].items())
+    )
     return out
 
 # %% ../nbs/07_pruning.ipynb #6b0133b4
-def _base(checkpoint, preset: str, arch: str, overrides: dict, runs: Path, log) -> tuple[PreTrainedModel, TrainConfig, str]:
+def _base(
+    checkpoint, preset: str, arch: str, overrides: dict, runs: Path, log
+) -> tuple[PreTrainedModel, TrainConfig, str]:
     "The trained base model, its recipe and where it came from."
     if checkpoint is None and not overrides:
-        trained = runs/run_name(preset, arch)  # where biogpt-train puts the preset's run
+        trained = runs / run_name(preset, arch)  # where biogpt-train puts the preset's run
         done = latest_checkpoint(trained)
-        if done and read_trainer_state(done)['step'] == read_trainer_state(done)['config']['max_steps']: checkpoint = done
+        if done and read_trainer_state(done)['step'] == read_trainer_state(done)['config']['max_steps']:
+            checkpoint = done
     if checkpoint is None:
         cfg = get_preset(preset, arch, **overrides)
-        run_dir = runs/f"prune_base_{preset}_{arch}"
+        run_dir = runs / f"prune_base_{preset}_{arch}"
         last = latest_checkpoint(run_dir) if run_dir.exists() else None
         if last is None or read_trainer_state(last)['config'] != json.loads(json.dumps(cfg.to_dict())):
-            log(f'training the base model: {arch} {cfg.d_model}x{cfg.n_layers}, {cfg.max_steps} steps, in {run_dir}')
-            if last is not None: shutil.rmtree(run_dir)
+            log(
+                f'training the base model: {arch} {cfg.d_model}x{cfg.n_layers}, {cfg.max_steps} steps, in {run_dir}'
+            )
+            if last is not None:
+                shutil.rmtree(run_dir)
             train(cfg, run_dir, verbose=False)
         checkpoint = latest_checkpoint(run_dir)
     checkpoint = Path(checkpoint)
@@ -422,67 +681,153 @@ def _base(checkpoint, preset: str, arch: str, overrides: dict, runs: Path, log) 
     cfg = TrainConfig(**{**state['config'], 'betas': tuple(state['config']['betas'])})
     return AutoModelForCausalLM.from_pretrained(checkpoint), cfg, str(checkpoint)
 
-def prune_stage(checkpoint: str | None = None, preset: str = 'cpu', overrides: dict | None = None, neox: bool = False, steps: int | None = None,
-                name: str = 'pruning', results=None, runs=None, command: str = 'biogpt-prune', log=print, **study) -> dict:
+
+def prune_stage(
+    checkpoint: str | None = None,
+    preset: str = 'cpu',
+    overrides: dict | None = None,
+    neox: bool = False,
+    steps: int | None = None,
+    name: str = 'pruning',
+    results=None,
+    runs=None,
+    command: str = 'biogpt-prune',
+    log=print,
+    **study,
+) -> dict:
     "Prune a trained BioGPT (and with `neox` a GPT-NeoX) with `pruning_study`; writes `results/<name>.json` unless `name` is None."
-    t0, runs, overrides = time.perf_counter(), Path(runs or biogpt_home()/'runs'), overrides or {}
+    t0, runs, overrides = time.perf_counter(), Path(runs or biogpt_home() / 'runs'), overrides or {}
     model, cfg, src = _base(checkpoint, preset, 'biogpt', overrides, runs, log)
     shards = load_shards(cfg.data)
-    out = dict(biogpt=dict(checkpoint=src, **pruning_study(model, cfg, steps=steps, shards=shards, log=log, **study)))
+    out = dict(
+        biogpt=dict(checkpoint=src, **pruning_study(model, cfg, steps=steps, shards=shards, log=log, **study))
+    )
     if neox:
         model, ncfg, nsrc = _base(None, preset, 'gpt_neox', overrides, runs, log)
-        out['gpt_neox'] = dict(checkpoint=nsrc, **pruning_study(model, ncfg, steps=steps, shards=shards, structured=(), log=log,
-                                                               **{k: v for k, v in study.items() if k != 'structured'}))
+        out['gpt_neox'] = dict(
+            checkpoint=nsrc,
+            **pruning_study(
+                model,
+                ncfg,
+                steps=steps,
+                shards=shards,
+                structured=(),
+                log=log,
+                **{k: v for k, v in study.items() if k != 'structured'},
+            ),
+        )
     wall = round(time.perf_counter() - t0, 1)
-    if name: save_result(name, out, command=command, config=dict(recipe=cfg.to_dict(), finetune=finetune_config(cfg, steps).to_dict(), **study),
-                         seeds=[cfg.seed, cfg.seed + 1, cfg.seed + 2], timings=dict(wall_s=wall), folder=results)
+    if name:
+        save_result(
+            name,
+            out,
+            command=command,
+            config=dict(recipe=cfg.to_dict(), finetune=finetune_config(cfg, steps).to_dict(), **study),
+            seeds=pruning_seeds(cfg),
+            timings=dict(wall_s=wall),
+            folder=results,
+        )
     return out
 
+
 @call_parse
-def prune_cli(checkpoint: str = None,  # a trainer checkpoint folder (default: the finished train_<preset> run, else train a base model)
-              preset: str = 'cpu',  # the recipe of the base model when none is given
-              overrides: str = None,  # TrainConfig fields of a base model trained here, as JSON, e.g. '{"d_model": 128}'
-              neox: bool = False,  # prune a GPT-NeoX of the same recipe too, for the curve
-              steps: int = None,  # fine-tuning steps after pruning (default: the recipe's warm-up length)
-              eval_tokens: int = None,  # validation tokens per domain for every evaluation (default: the recipe's final_eval_tokens)
-              name: str = 'pruning',  # results name
-              results: str = None):  # folder of the results file (default: the repository's results/)
+def prune_cli(
+    checkpoint: str = None,  # a trainer checkpoint folder (default: the finished train_<preset> run, else train a base model)
+    preset: str = 'cpu',  # the recipe of the base model when none is given
+    overrides: str = None,  # TrainConfig fields of a base model trained here, as JSON, e.g. '{"d_model": 128}'
+    neox: bool = False,  # prune a GPT-NeoX of the same recipe too, for the curve
+    steps: int = None,  # fine-tuning steps after pruning (default: the recipe's warm-up length)
+    eval_tokens: int = None,  # validation tokens per domain for every evaluation (default: the recipe's final_eval_tokens)
+    name: str = 'pruning',  # results name
+    results: str = None,
+):  # folder of the results file (default: the repository's results/)
     "Sparsity curve, apoptosis, masked fine-tuning, structured pruning and inference speed of a trained BioGPT; writes results/<name>.json."
     prog = invoked_as('biogpt-prune', 'biogpt.pruning')
     with user_errors(prog):
-        prune_stage(checkpoint, preset, json_option(overrides, '--overrides'), neox, steps, name, results,  # returns nothing: a console script exits with its return value
-                    command=perf_env() + prog + ' ' + shlex.join(sys.argv[1:]), **({'eval_tokens': eval_tokens} if eval_tokens else {}))
+        prune_stage(
+            checkpoint,
+            preset,
+            json_option(overrides, '--overrides'),
+            neox,
+            steps,
+            name,
+            results,  # returns nothing: a console script exits with its return value
+            command=perf_env() + prog + ' ' + shlex.join(sys.argv[1:]),
+            **({'eval_tokens': eval_tokens} if eval_tokens else {}),
+        )
 
 # %% ../nbs/07_pruning.ipynb #271afb5c
 _ARCH_NAMES = {'biogpt': 'BioGPT', 'gpt_neox': 'GPT-NeoX'}
+
 
 def curve_table(results: dict) -> pd.DataFrame:
     "One row per architecture and target sparsity: achieved sparsity, active parameters, neurons removed, validation loss, perplexity and bits per byte per domain."
     rows = []
     for arch, st in results.items():
         for p in st['curve']:
-            rows.append({'arch': _ARCH_NAMES.get(arch, arch), 'sparsity': p['sparsity'], 'achieved': round(p['achieved_sparsity'], 4), 'active': p['active'],
-                         'active non-embedding': p['active_non_embedding'], 'neurons removed': p['neurons_removed'],
-                         'loss before fine-tuning': round(p['eval_before_finetune']['all']['loss'], 4), 'loss': round(p['eval']['all']['loss'], 4),
-                         'ppl': round(p['eval']['all']['ppl'], 2), **{f'bpb {d}': round(v['bpb'], 4) for d, v in p['eval'].items()}})
-    return pd.DataFrame(rows).astype({'neurons removed': 'Int64'}).set_index(['arch', 'sparsity'])  # (none for an architecture without neurons)
+            rows.append(
+                {
+                    'arch': _ARCH_NAMES.get(arch, arch),
+                    'sparsity': p['sparsity'],
+                    'achieved': round(p['achieved_sparsity'], 4),
+                    'active': p['active'],
+                    'active non-embedding': p['active_non_embedding'],
+                    'neurons removed': p['neurons_removed'],
+                    'loss before fine-tuning': round(p['eval_before_finetune']['all']['loss'], 4),
+                    'loss': round(p['eval']['all']['loss'], 4),
+                    'ppl': round(p['eval']['all']['ppl'], 2),
+                    **{f'bpb {d}': round(v['bpb'], 4) for d, v in p['eval'].items()},
+                }
+            )
+    return (
+        pd.DataFrame(rows).astype({'neurons removed': 'Int64'}).set_index(['arch', 'sparsity'])
+    )  # (none for an architecture without neurons)
+
 
 def structured_table(results: dict) -> pd.DataFrame:
     "Dense, unstructured and structured BioGPT side by side: prunable fraction removed, parameters, validation loss after fine-tuning, inference tokens/s."
     st = results['biogpt']
     speed = st['inference']['tokens_per_s']
     curve = {p['sparsity']: p for p in st['curve']}
-    rows = [dict(model='dense', removed=0.0, params=curve[0.0]['active'] if 0.0 in curve else st['base']['total'],
-                 loss=(curve[0.0] if 0.0 in curve else st['base'])['eval']['all']['loss'], tokens_per_s=speed['dense'])]
+    rows = [
+        dict(
+            model='dense',
+            removed=0.0,
+            params=curve[0.0]['active'] if 0.0 in curve else st['base']['total'],
+            loss=(curve[0.0] if 0.0 in curve else st['base'])['eval']['all']['loss'],
+            tokens_per_s=speed['dense'],
+        )
+    ]
     for s in st['structured']:
         f = s['target']
         if f in curve:
-            rows.append(dict(model=f'unstructured {f:.2f}', removed=curve[f]['achieved_sparsity'], params=curve[f]['active'],
-                             loss=curve[f]['eval']['all']['loss'], tokens_per_s=speed[f'unstructured {f:.2f}']))
-        rows.append(dict(model=f'structured {f:.2f}', removed=s['removed_fraction'], params=s['total'], loss=s['eval']['all']['loss'],
-                         tokens_per_s=speed[f'structured {f:.2f}'], layout=' | '.join(' '.join(f"{n['branches']}x{n['branch_width']}/{n['soma_hidden']}" for n in layer) for layer in s['layout'])))
+            rows.append(
+                dict(
+                    model=f'unstructured {f:.2f}',
+                    removed=curve[f]['achieved_sparsity'],
+                    params=curve[f]['active'],
+                    loss=curve[f]['eval']['all']['loss'],
+                    tokens_per_s=speed[f'unstructured {f:.2f}'],
+                )
+            )
+        rows.append(
+            dict(
+                model=f'structured {f:.2f}',
+                removed=s['removed_fraction'],
+                params=s['total'],
+                loss=s['eval']['all']['loss'],
+                tokens_per_s=speed[f'structured {f:.2f}'],
+                layout=' | '.join(
+                    ' '.join(f"{n['branches']}x{n['branch_width']}/{n['soma_hidden']}" for n in layer)
+                    for layer in s['layout']
+                ),
+            )
+        )
     df = pd.DataFrame(rows).set_index('model')
-    return df.assign(speedup=df.tokens_per_s / df.tokens_per_s['dense']).round(dict(removed=4, loss=4, tokens_per_s=0, speedup=2))
+    return df.assign(speedup=df.tokens_per_s / df.tokens_per_s['dense']).round(
+        dict(removed=4, loss=4, tokens_per_s=0, speedup=2)
+    )
+
 
 def plot_curve(results: dict, path=None):
     "Validation loss (before and after fine-tuning), bits per byte per domain and active non-embedding parameters against achieved sparsity."
@@ -491,28 +836,70 @@ def plot_curve(results: dict, path=None):
         c, name = st['curve'], _ARCH_NAMES.get(arch, arch)
         x = [p['achieved_sparsity'] for p in c]
         ax[0].plot(x, [p['eval']['all']['loss'] for p in c], 'o-', color=f'C{k}', label=f'{name}, fine-tuned')
-        ax[0].plot(x, [p['eval_before_finetune']['all']['loss'] for p in c], 'x--', color=f'C{k}', alpha=0.6, label=f'{name}, before fine-tuning')
+        ax[0].plot(
+            x,
+            [p['eval_before_finetune']['all']['loss'] for p in c],
+            'x--',
+            color=f'C{k}',
+            alpha=0.6,
+            label=f'{name}, before fine-tuning',
+        )
         for i, d in enumerate(d for d in c[0]['eval'] if d != 'all'):
-            ax[1].plot(x, [p['eval'][d]['bpb'] for p in c], 'o-' if k == 0 else 's--', color=f'C{i + 2}', label=f'{name} {d}')
+            ax[1].plot(
+                x,
+                [p['eval'][d]['bpb'] for p in c],
+                'o-' if k == 0 else 's--',
+                color=f'C{i + 2}',
+                label=f'{name} {d}',
+            )
         ax[2].plot(x, [p['active_non_embedding'] / 1e6 for p in c], 'o-', color=f'C{k}', label=name)
-    ax[0].set(xlabel='achieved sparsity of the prunable set', ylabel='validation loss (nats per token)', title='loss against sparsity')
-    ax[1].set(xlabel='achieved sparsity of the prunable set', ylabel='bits per byte', title='bits per byte by domain, fine-tuned')
-    ax[2].set(xlabel='achieved sparsity of the prunable set', ylabel='millions', title='active non-embedding parameters')
-    for a in ax: a.legend(fontsize=7)
+    ax[0].set(
+        xlabel='achieved sparsity of the prunable set',
+        ylabel='validation loss (nats per token)',
+        title='loss against sparsity',
+    )
+    ax[1].set(
+        xlabel='achieved sparsity of the prunable set',
+        ylabel='bits per byte',
+        title='bits per byte by domain, fine-tuned',
+    )
+    ax[2].set(
+        xlabel='achieved sparsity of the prunable set',
+        ylabel='millions',
+        title='active non-embedding parameters',
+    )
+    for a in ax:
+        a.legend(fontsize=7)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=120)
+    if path:
+        save_figure(fig, path)
     return fig
+
 
 def plot_structured(results: dict, path=None):
     "Validation loss after fine-tuning, and inference tokens/s, of the dense, unstructured and structured BioGPT."
     t = structured_table(results)
     kind = ['C0' if m == 'dense' else 'C1' if m.startswith('unstructured') else 'C2' for m in t.index]
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
-    for m, c in zip(t.index, kind): ax[0].plot(t.removed[m], t.loss[m], 'o', color=c, ms=8)
-    for name, c in (('dense', 'C0'), ('unstructured (magnitude, apoptosis)', 'C1'), ('structured (Taylor)', 'C2')): ax[0].plot([], [], 'o', color=c, label=name)
-    ax[0].set(xlabel='fraction of the prunable set removed', ylabel='validation loss after fine-tuning', title='what pruning costs'); ax[0].legend(fontsize=8)
-    ax[1].barh(range(len(t)), t.tokens_per_s, color=kind); ax[1].set_yticks(range(len(t)), t.index); ax[1].invert_yaxis()
+    for m, c in zip(t.index, kind):
+        ax[0].plot(t.removed[m], t.loss[m], 'o', color=c, ms=8)
+    for name, c in (
+        ('dense', 'C0'),
+        ('unstructured (magnitude, apoptosis)', 'C1'),
+        ('structured (Taylor)', 'C2'),
+    ):
+        ax[0].plot([], [], 'o', color=c, label=name)
+    ax[0].set(
+        xlabel='fraction of the prunable set removed',
+        ylabel='validation loss after fine-tuning',
+        title='what pruning costs',
+    )
+    ax[0].legend(fontsize=8)
+    ax[1].barh(range(len(t)), t.tokens_per_s, color=kind)
+    ax[1].set_yticks(range(len(t)), t.index)
+    ax[1].invert_yaxis()
     ax[1].set(xlabel='inference tokens/s (forward pass, float32)', title='what pruning buys')
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=120)
+    if path:
+        save_figure(fig, path)
     return fig

@@ -17,11 +17,14 @@ from scipy import stats
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig
 
-from .core import UserError, atomic_write, biogpt_home, count_params, git_commit, invoked_as, perf_env, repo_root, save_result, user_errors
+from .core import UserError, atomic_write, biogpt_home, count_params, git_commit, invoked_as, perf_env
+from .core import repo_root, save_figure, save_result, user_errors
 from .data import require_hub
+from .cortical import attention_heads
 from .model import BioGPTConfig, train_flops_per_token
 from .pruning import apoptosis, magnitude_prune, make_permanent, pruning_study
-from .trainer import Trainer, TrainConfig, evaluate, load_shards, model_config, process_state, read_log, run_summary
+from .trainer import Trainer, TrainConfig, evaluate, load_shards, model_config, process_state, read_log
+from .trainer import run_summary
 
 # %% auto #0
 __all__ = ['PYTHIA_160M', 'PYTHIA_ARCH', 'COMPARISON_DATA', 'SIZES', 'RECIPE', 'TOKENS_PER_PARAM', 'WARMUP_FRAC', 'CURVE_POINTS',
@@ -33,96 +36,177 @@ __all__ = ['PYTHIA_160M', 'PYTHIA_ARCH', 'COMPARISON_DATA', 'SIZES', 'RECIPE', '
            'generation_table', 'load_pythia', 'checkpoint_study', 'compare', 'pythia_cli']
 
 # %% ../nbs/09_pythia.ipynb #cb3463d0
-PYTHIA_160M = dict(vocab_size=50_304, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                   max_position_embeddings=2048)
-PYTHIA_ARCH = dict(rope_parameters=dict(rope_type='default', rope_theta=10_000.0, partial_rotary_factor=0.25), use_parallel_residual=True,
-                   tie_word_embeddings=False, hidden_act='gelu')
+PYTHIA_160M = dict(
+    vocab_size=50_304,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=2048,
+)
+PYTHIA_ARCH = dict(
+    rope_parameters=dict(rope_type='default', rope_theta=10_000.0, partial_rotary_factor=0.25),
+    use_parallel_residual=True,
+    tie_word_embeddings=False,
+    hidden_act='gelu',
+)
+
 
 def pythia_config(**fields) -> GPTNeoXConfig:
     "A GPT-NeoX config with Pythia's architecture, at Pythia-160M's sizes unless `fields` say otherwise."
     return GPTNeoXConfig(**{**PYTHIA_160M, **PYTHIA_ARCH, **fields})
 
+
 def param_counts(config) -> dict:
     "Total and non-embedding parameters of a causal LM of `config`, built on the meta device (no memory, no initialisation)."
-    with torch.device('meta'): return count_params(AutoModelForCausalLM.from_config(config))
+    with torch.device('meta'):
+        return count_params(AutoModelForCausalLM.from_config(config))
 
 # %% ../nbs/09_pythia.ipynb #a073d1d5
 def _neox_shape(d_model: int) -> int | None:
-    "Pythia's head count for width `d_model` (64-wide heads), or None when a quarter of a head is not an even number of dimensions."
-    heads = max(1, d_model // 64)
-    return heads if d_model % heads == 0 and (d_model // heads) % 8 == 0 else None
+    "Pythia's head count for width `d_model` (`attention_heads`), or None when a quarter of a head is not an even number of dimensions."
+    heads = attention_heads(d_model)
+    return heads if (d_model // heads) % 8 == 0 else None
+
 
 def twin_config(bio: BioGPTConfig, tolerance: float = 0.03) -> GPTNeoXConfig:
     "The Pythia-architecture twin of `bio`: its vocabulary, context and depth, and its non-embedding parameters within `tolerance`."
     target = param_counts(bio)['non_embedding']
     best = None
     for d in range(16, 8 * bio.d_model + 1, 16):
-        if (heads := _neox_shape(d)) is None: continue
-        make = lambda ffn: pythia_config(vocab_size=bio.vocab_size, hidden_size=d, num_hidden_layers=bio.n_layers, num_attention_heads=heads,
-                                         intermediate_size=ffn, max_position_embeddings=bio.max_seq_len)
+        if (heads := _neox_shape(d)) is None:
+            continue
+        make = lambda ffn: pythia_config(
+            vocab_size=bio.vocab_size,
+            hidden_size=d,
+            num_hidden_layers=bio.n_layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=bio.max_seq_len,
+        )
         at_d, at_2d = (param_counts(make(f))['non_embedding'] for f in (d, 2 * d))
-        ffn = round(d + (target - at_d) * d / (at_2d - at_d))   # non-embedding parameters are linear in the MLP width
-        if ffn < d // 2: break                                    # wider models only get narrower MLPs
+        ffn = round(
+            d + (target - at_d) * d / (at_2d - at_d)
+        )  # non-embedding parameters are linear in the MLP width
+        if ffn < d // 2:
+            break  # wider models only get narrower MLPs
         miss = abs(math.log(ffn / (4 * d)))
-        if best is None or miss < best[0]: best = (miss, make(ffn))
-    if best is None: raise ValueError(f'no Pythia-architecture model of depth {bio.n_layers} has {target:,} non-embedding parameters')
+        if best is None or miss < best[0]:
+            best = (miss, make(ffn))
+    if best is None:
+        raise ValueError(
+            f'no Pythia-architecture model of depth {bio.n_layers} has {target:,} non-embedding parameters'
+        )
     got = param_counts(best[1])['non_embedding']
-    if abs(got / target - 1) > tolerance: raise ValueError(f'the closest twin has {got:,} non-embedding parameters against {target:,}')
+    if abs(got / target - 1) > tolerance:
+        raise ValueError(f'the closest twin has {got:,} non-embedding parameters against {target:,}')
     return best[1]
+
 
 def size_table(configs: dict, seq_len: int) -> pd.DataFrame:
     "Total and non-embedding parameters, shape and training FLOPs per token of each config (by name)."
     rows = {}
     for name, cfg in configs.items():
-        with torch.device('meta'): m = AutoModelForCausalLM.from_config(cfg)
+        with torch.device('meta'):
+            m = AutoModelForCausalLM.from_config(cfg)
         n = count_params(m)
-        rows[name] = dict(total=n['total'], non_embedding=n['non_embedding'], width=cfg.hidden_size, depth=cfg.num_hidden_layers,
-                          train_flops_per_token=train_flops_per_token(m, seq_len))
+        rows[name] = dict(
+            total=n['total'],
+            non_embedding=n['non_embedding'],
+            width=cfg.hidden_size,
+            depth=cfg.num_hidden_layers,
+            train_flops_per_token=train_flops_per_token(m, seq_len),
+        )
     return pd.DataFrame(rows).T
 
 # %% ../nbs/09_pythia.ipynb #01c29a7d
 COMPARISON_DATA = dict(source='default', tokenizer='bpe', vocab_size=512, scale=1.0)
-SIZES = dict(tiny=dict(d_model=32, n_layers=3, seq_len=32), main=dict(d_model=64, n_layers=3, seq_len=128),
-             large=dict(d_model=80, n_layers=4, seq_len=128))
-RECIPE = dict(batch_size=32, micro_batch=32, lr=2e-3, mixed_precision='no', eval_tokens=8192, final_eval_tokens=32_768, eval_batch=32,
-              keep_last=1, tensorboard=False)
+SIZES = dict(
+    tiny=dict(d_model=32, n_layers=3, seq_len=32),
+    main=dict(d_model=64, n_layers=3, seq_len=128),
+    large=dict(d_model=80, n_layers=4, seq_len=128),
+)
+RECIPE = dict(
+    batch_size=32,
+    micro_batch=32,
+    lr=2e-3,
+    mixed_precision='no',
+    eval_tokens=8192,
+    final_eval_tokens=32_768,
+    eval_batch=32,
+    keep_last=1,
+    tensorboard=False,
+)
 TOKENS_PER_PARAM = 10
 WARMUP_FRAC, CURVE_POINTS, CHECKPOINTS = 0.05, 10, 4
 # Pythia's schedule (Biderman et al., 2023): 143,000 steps with 1% warm-up; the published study used the checkpoint at step 1,000.
 PYTHIA_STEPS, PYTHIA_WARMUP, PUBLISHED_STEP = 143_000, 1_430, 1_000
 ARMS = ('biogpt', 'pythia', 'pythia_early')
 
-def arm_configs(vocab_size: int, size: str = 'main', seed: int = 0, tokens_per_param: float = TOKENS_PER_PARAM, data: dict | None = None,
-                **recipe) -> dict[str, TrainConfig]:
+
+def arm_configs(
+    vocab_size: int,
+    size: str = 'main',
+    seed: int = 0,
+    tokens_per_param: float = TOKENS_PER_PARAM,
+    data: dict | None = None,
+    **recipe,
+) -> dict[str, TrainConfig]:
     "The TrainConfig of each arm at `size` and `seed`: BioGPT, its Pythia twin, and the twin on Pythia's schedule stopped at step 1000's fraction."
-    if size not in SIZES: raise UserError(f'unknown size {size!r}: choose one of {", ".join(SIZES)}')
+    if size not in SIZES:
+        raise UserError(f'unknown size {size!r}: choose one of {", ".join(SIZES)}')
     base = dict(**SIZES[size], **{**RECIPE, **recipe}, seed=seed, data=data or COMPARISON_DATA)
     bio = TrainConfig(arch='biogpt', **base)
     twin = twin_config(model_config(bio, vocab_size))
-    neox = dict(num_attention_heads=twin.num_attention_heads, intermediate_size=twin.intermediate_size, **PYTHIA_ARCH)
+    neox = dict(
+        num_attention_heads=twin.num_attention_heads, intermediate_size=twin.intermediate_size, **PYTHIA_ARCH
+    )
     py = TrainConfig(**{**base, 'arch': 'gpt_neox', 'd_model': twin.hidden_size, 'model_kwargs': neox})
     n = max(param_counts(model_config(c, vocab_size))['non_embedding'] for c in (bio, py))
     steps = max(1, math.ceil(tokens_per_param * n / bio.tokens_per_step))
-    sched = dict(max_steps=steps, warmup_steps=max(1, round(WARMUP_FRAC * steps)), eval_every=max(1, steps // CURVE_POINTS),
-                 ckpt_every=max(1, steps // CHECKPOINTS))
-    early = dict(max_steps=round(steps * PYTHIA_STEPS / PUBLISHED_STEP), warmup_steps=round(steps * PYTHIA_WARMUP / PUBLISHED_STEP))
-    return dict(biogpt=dataclasses.replace(bio, **sched), pythia=dataclasses.replace(py, **sched),
-                pythia_early=dataclasses.replace(py, **{**sched, **early}))
+    sched = dict(
+        max_steps=steps,
+        warmup_steps=max(1, round(WARMUP_FRAC * steps)),
+        eval_every=max(1, steps // CURVE_POINTS),
+        ckpt_every=max(1, steps // CHECKPOINTS),
+    )
+    early = dict(
+        max_steps=round(steps * PYTHIA_STEPS / PUBLISHED_STEP),
+        warmup_steps=round(steps * PYTHIA_WARMUP / PUBLISHED_STEP),
+    )
+    return dict(
+        biogpt=dataclasses.replace(bio, **sched),
+        pythia=dataclasses.replace(py, **sched),
+        pythia_early=dataclasses.replace(py, **{**sched, **early}),
+    )
+
 
 def stop_step(arm: str, cfg: TrainConfig) -> int:
     "The step an arm's training stops at: the end of its schedule, or for `pythia_early` the fraction of it that step 1000 is of 143,000."
     return round(cfg.max_steps * PUBLISHED_STEP / PYTHIA_STEPS) if arm == 'pythia_early' else cfg.max_steps
 
 # %% ../nbs/09_pythia.ipynb #8096702b
-PROMPTS = {'shakespeare': 'KING HENRY.\nNow, lords,', 'code': 'def fibonacci(n):', 'math': 'Problem: Solve for x: 3x + 7 = 22.\nSolution:',
-           'data': 'id,name,city,country', 'knowledge': 'The capital of France is', 'reasoning': 'If it rains, the ground gets wet. It rained, so',
-           'science': 'Water boils at a temperature of', 'arithmetic': 'Question: What is 12 times 7?\nAnswer:',
-           'writing': 'Once upon a time, in a small village,', 'instruction': 'Write a short list of three colours:\n',
-           'coherence': 'The meeting was postponed because', 'dialogue': 'HAMLET.\nTo be, or not to be,'}
+PROMPTS = {
+    'shakespeare': 'KING HENRY.\nNow, lords,',
+    'code': 'def fibonacci(n):',
+    'math': 'Problem: Solve for x: 3x + 7 = 22.\nSolution:',
+    'data': 'id,name,city,country',
+    'knowledge': 'The capital of France is',
+    'reasoning': 'If it rains, the ground gets wet. It rained, so',
+    'science': 'Water boils at a temperature of',
+    'arithmetic': 'Question: What is 12 times 7?\nAnswer:',
+    'writing': 'Once upon a time, in a small village,',
+    'instruction': 'Write a short list of three colours:\n',
+    'coherence': 'The meeting was postponed because',
+    'dialogue': 'HAMLET.\nTo be, or not to be,',
+}
 SAMPLING = dict(do_sample=True, temperature=0.7, top_k=40)
 
+
 @torch.no_grad()
-def generate_all(model, tokenizer, prompts: dict = PROMPTS, new_tokens: int = 32, seed: int = 0) -> list[dict]:
+def generate_all(
+    model, tokenizer, prompts: dict = PROMPTS, new_tokens: int = 32, seed: int = 0
+) -> list[dict]:
     "Each prompt completed greedily and by sampling (temperature 0.7, top-k 40, seeded), as text."
     model.eval()
     out = []
@@ -131,13 +215,26 @@ def generate_all(model, tokenizer, prompts: dict = PROMPTS, new_tokens: int = 32
         row = dict(kind=kind, prompt=prompt)
         for mode, kw in (('greedy', dict(do_sample=False)), ('sampled', SAMPLING)):
             torch.manual_seed(seed)
-            y = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, pad_token_id=tokenizer.eos_token_id, **kw)
-            row[mode] = tokenizer.decode(y[0, ids.shape[1]:])
+            y = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                pad_token_id=tokenizer.eos_token_id,
+                **kw,
+            )
+            row[mode] = tokenizer.decode(y[0, ids.shape[1] :])
         out.append(row)
     return out
 
 # %% ../nbs/09_pythia.ipynb #5bc75987
-def apoptosis_probe(model, cfg: TrainConfig, shards, sparsity: float = 0.9, thresholds=(0.95, 0.925, 0.9, 0.875), eval_tokens=None) -> dict:
+def apoptosis_probe(
+    model,
+    cfg: TrainConfig,
+    shards,
+    sparsity: float = 0.9,
+    thresholds=(0.95, 0.925, 0.9, 0.875),
+    eval_tokens=None,
+) -> dict:
     "Per-neuron pruned fractions after magnitude pruning `model` to `sparsity`, and for each threshold the neurons apoptosis removes and the loss."
     tokens = eval_tokens or cfg.final_eval_tokens
     pruned = make_permanent(magnitude_prune(copy.deepcopy(model), sparsity))
@@ -145,52 +242,114 @@ def apoptosis_probe(model, cfg: TrainConfig, shards, sparsity: float = 0.9, thre
     before, rows = loss(pruned), []
     for th in thresholds:
         m, rep = apoptosis(pruned, th)
-        rows.append(dict(threshold=th, removed=len(rep['removed']), spared=len(rep['spared']), bpb=loss(m) if rep['removed'] else before))
+        rows.append(
+            dict(
+                threshold=th,
+                removed=len(rep['removed']),
+                spared=len(rep['spared']),
+                bpb=loss(m) if rep['removed'] else before,
+            )
+        )
     return dict(sparsity=sparsity, bpb_pruned=before, fractions=rep['fractions'], thresholds=rows)
 
 # %% ../nbs/09_pythia.ipynb #e9ae8a19
 SPARSITIES = (0.0, 0.25, 0.45, 0.5, 0.7, 0.9)
 STRUCTURED = (0.25, 0.45)
 
-def run_id(size: str, arm: str, seed: int) -> str: return f'P-{size}-{arm}-s{seed}'
 
-def _same(a, b) -> bool: return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+def run_id(size: str, arm: str, seed: int) -> str:
+    return f'P-{size}-{arm}-s{seed}'
 
-def run_arm(arm: str, cfg: TrainConfig, shards, run_dir, sparsities=SPARSITIES, structured=STRUCTURED, finetune_steps: int | None = None,
-            prompts: dict = PROMPTS, new_tokens: int = 32, verbose: bool = True, log=print) -> dict:
+
+def _same(a, b) -> bool:
+    return json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+
+
+def run_arm(
+    arm: str,
+    cfg: TrainConfig,
+    shards,
+    run_dir,
+    sparsities=SPARSITIES,
+    structured=STRUCTURED,
+    finetune_steps: int | None = None,
+    prompts: dict = PROMPTS,
+    new_tokens: int = 32,
+    verbose: bool = True,
+    log=print,
+) -> dict:
     "Train one arm in `run_dir` (resuming), prune it along the curve, sample the prompts; its record, also written to `run_dir/record.json`."
     run_dir, t0 = Path(run_dir), time.perf_counter()
-    path, plan = run_dir/'record.json', dict(arm=arm, config=cfg.to_dict(), sparsities=list(sparsities), structured=list(structured),
-                                             finetune_steps=finetune_steps, prompts=prompts, new_tokens=new_tokens)
-    if path.exists() and _same((old := json.loads(path.read_text()))['plan'], plan): return old
+    path, plan = (
+        run_dir / 'record.json',
+        dict(
+            arm=arm,
+            config=cfg.to_dict(),
+            sparsities=list(sparsities),
+            structured=list(structured),
+            finetune_steps=finetune_steps,
+            prompts=prompts,
+            new_tokens=new_tokens,
+        ),
+    )
+    if path.exists() and _same((old := json.loads(path.read_text()))['plan'], plan):
+        return old
     tr = Trainer(cfg, run_dir, shards=shards, resume=True, verbose=verbose)
     tr.fit(until=stop_step(arm, cfg))
     tr.log.close()
     model = tr.acc.unwrap_model(tr.model, keep_fp32_wrapper=False)
-    rec = dict(plan=plan, id=run_dir.name, train=run_summary(run_dir/'log.jsonl', tr), train_s=round(time.perf_counter() - t0, 1),
-               curve=[dict(step=r['step'], tokens=r['tokens'], **{d: r[d]['bpb'] for d in (*shards.domains, 'all')}) for r in read_log(run_dir/'log.jsonl', 'eval')])
+    rec = dict(
+        plan=plan,
+        id=run_dir.name,
+        train=run_summary(run_dir / 'log.jsonl', tr),
+        train_s=round(time.perf_counter() - t0, 1),
+        curve=[
+            dict(step=r['step'], tokens=r['tokens'], **{d: r[d]['bpb'] for d in (*shards.domains, 'all')})
+            for r in read_log(run_dir / 'log.jsonl', 'eval')
+        ],
+    )
     tr.acc.end_training()
     if arm != 'pythia_early':
         tok, gens = shards.tokenizer(), {}
         each = lambda s, m: gens.__setitem__(f'{s:.2f}', generate_all(m, tok, prompts, new_tokens, cfg.seed))
-        rec['pruning'] = pruning_study(model, cfg, sparsities, structured if arm == 'biogpt' else (), finetune_steps, shards,
-                                       eval_tokens=cfg.final_eval_tokens, log=log, each=each)
+        rec['pruning'] = pruning_study(
+            model,
+            cfg,
+            sparsities,
+            structured if arm == 'biogpt' else (),
+            finetune_steps,
+            shards,
+            eval_tokens=cfg.final_eval_tokens,
+            log=log,
+            each=each,
+        )
         rec['generations'] = gens
-        if arm == 'biogpt': rec['apoptosis_probe'] = apoptosis_probe(model, cfg, shards, max(sparsities))
+        if arm == 'biogpt':
+            rec['apoptosis_probe'] = apoptosis_probe(model, cfg, shards, max(sparsities))
     rec.update(wall_s=round(time.perf_counter() - t0, 1), commit=git_commit())
     text = json.dumps(rec, indent=1, default=str) + '\n'
-    if process_state().is_main_process: atomic_write(path, text)   # (under `accelerate launch`, every process ran the same study)
-    return json.loads(text)   # what a resumed study reads back
+    if process_state().is_main_process:
+        atomic_write(path, text)  # (under `accelerate launch`, every process ran the same study)
+    return json.loads(text)  # what a resumed study reads back
 
 # %% ../nbs/09_pythia.ipynb #b5344ab9
 MAIN_JOB = dict(main=(0,))
 STUDY = dict(main=(0, 1, 2), large=(0,))
 
-def run_plan(plan: dict, home=None, data: dict | None = None, tokens_per_param: float = TOKENS_PER_PARAM, verbose: bool = True, log=print,
-             recipe: dict | None = None, **study) -> dict[str, dict]:
+
+def run_plan(
+    plan: dict,
+    home=None,
+    data: dict | None = None,
+    tokens_per_param: float = TOKENS_PER_PARAM,
+    verbose: bool = True,
+    log=print,
+    recipe: dict | None = None,
+    **study,
+) -> dict[str, dict]:
     "Every arm of every size and seed of `plan` (finished runs are read back, interrupted ones resume); the records by run id."
     shards = load_shards(data or COMPARISON_DATA)
-    root = Path(home or biogpt_home())/'runs'/'pythia'
+    root = Path(home or biogpt_home()) / 'runs' / 'pythia'
     jobs = [(size, seed) for size, seeds in plan.items() for seed in seeds]
     records = {}
     with tqdm(total=len(jobs) * len(ARMS), desc='comparison', unit='run', disable=not verbose) as bar:
@@ -199,7 +358,7 @@ def run_plan(plan: dict, home=None, data: dict | None = None, tokens_per_param: 
             for arm, cfg in cfgs.items():
                 rid = run_id(size, arm, seed)
                 bar.set_postfix_str(rid)
-                rec = run_arm(arm, cfg, shards, root/rid, verbose=verbose, log=log, **study)
+                rec = run_arm(arm, cfg, shards, root / rid, verbose=verbose, log=log, **study)
                 records[rid] = dict(size=size, arm=arm, seed=seed, **rec)
                 bar.update()
     return records
@@ -212,17 +371,25 @@ def paired_test(a, b) -> dict:
     if len(d) > 1:
         sd = float(d.std(ddof=1))
         half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
-        out.update(std=sd, ci=(out['mean'] - half, out['mean'] + half), p=float(stats.ttest_1samp(d, 0.0).pvalue) if sd > 0 else 0.0)
+        out.update(
+            std=sd,
+            ci=(out['mean'] - half, out['mean'] + half),
+            p=float(stats.ttest_1samp(d, 0.0).pvalue) if sd > 0 else 0.0,
+        )
     return out
+
 
 def judge(t: dict, lower: str = 'better', higher: str = 'worse') -> str:
     "The word for a paired difference in bits per byte: `lower`, `higher`, or 'equal' when the 95% interval holds 0; 'untested' with one pair."
-    if t['ci'] is None: return 'untested'
+    if t['ci'] is None:
+        return 'untested'
     lo, hi = t['ci']
     return lower if hi < 0 else higher if lo > 0 else 'equal'
 
 # %% ../nbs/09_pythia.ipynb #3d6695f7
-def _bpb(ev: dict) -> dict: return {d: v['bpb'] for d, v in ev.items()}
+def _bpb(ev: dict) -> dict:
+    return {d: v['bpb'] for d, v in ev.items()}
+
 
 def frontier(records: dict) -> pd.DataFrame:
     "One row per model of the records: size, arm, seed, kind ('trained', 'magnitude', 'structured'), sparsity, active non-embedding parameters, bpb, speed."
@@ -232,24 +399,63 @@ def frontier(records: dict) -> pd.DataFrame:
         n = r['train']['params']['non_embedding']
         rows.append(dict(**key, kind='trained', sparsity=0.0, active=n, **_bpb(r['train']['eval'])))
         st = r.get('pruning')
-        if not st: continue
-        speed = st.get('inference', {}).get('tokens_per_s', {})   # measured for BioGPT: dense, unstructured and structured
-        rows += [dict(**key, kind='magnitude', sparsity=p['sparsity'], active=p['active_non_embedding'], **_bpb(p['eval']),
-                      tokens_per_s=speed.get('dense' if p['sparsity'] == 0 else f"unstructured {p['sparsity']:.2f}")) for p in st['curve']]
-        rows += [dict(**key, kind='structured', sparsity=p['target'], active=p['non_embedding'], **_bpb(p['eval']),
-                      tokens_per_s=speed.get(f"structured {p['target']:.2f}")) for p in st['structured']]
+        if not st:
+            continue
+        speed = st.get('inference', {}).get(
+            'tokens_per_s', {}
+        )  # measured for BioGPT: dense, unstructured and structured
+        rows += [
+            dict(
+                **key,
+                kind='magnitude',
+                sparsity=p['sparsity'],
+                active=p['active_non_embedding'],
+                **_bpb(p['eval']),
+                tokens_per_s=speed.get(
+                    'dense' if p['sparsity'] == 0 else f"unstructured {p['sparsity']:.2f}"
+                ),
+            )
+            for p in st['curve']
+        ]
+        rows += [
+            dict(
+                **key,
+                kind='structured',
+                sparsity=p['target'],
+                active=p['non_embedding'],
+                **_bpb(p['eval']),
+                tokens_per_s=speed.get(f"structured {p['target']:.2f}"),
+            )
+            for p in st['structured']
+        ]
     return pd.DataFrame(rows)
+
 
 def dense_table(records: dict) -> pd.DataFrame:
     "Each size and arm as trained: parameters, tokens, tokens per non-embedding parameter, seeds, and bits per byte (mean and std over seeds)."
     rows = []
     for r in records.values():
         n, tr = r['train']['params'], r['train']
-        rows.append(dict(size=r['size'], arm=r['arm'], seed=r['seed'], total=n['total'], non_embedding=n['non_embedding'], tokens=tr['tokens'],
-                         tokens_per_param=tr['tokens'] / n['non_embedding'], train_tokens_per_s=tr['tokens_per_s'], **_bpb(tr['eval'])))
+        rows.append(
+            dict(
+                size=r['size'],
+                arm=r['arm'],
+                seed=r['seed'],
+                total=n['total'],
+                non_embedding=n['non_embedding'],
+                tokens=tr['tokens'],
+                tokens_per_param=tr['tokens'] / n['non_embedding'],
+                train_tokens_per_s=tr['tokens_per_s'],
+                **_bpb(tr['eval']),
+            )
+        )
     df = pd.DataFrame(rows)
     g = df.groupby(['size', 'arm'], sort=False)
-    out = g[['total', 'non_embedding', 'tokens', 'tokens_per_param', 'train_tokens_per_s']].mean().assign(seeds=g.seed.count())
+    out = (
+        g[['total', 'non_embedding', 'tokens', 'tokens_per_param', 'train_tokens_per_s']]
+        .mean()
+        .assign(seeds=g.seed.count())
+    )
     bpb = [c for c in df.columns if c not in out.columns and c not in ('size', 'arm', 'seed')]
     return out.join(g[bpb].mean().add_prefix('bpb ')).join(g['all'].std().rename('bpb all std'))
 
@@ -259,52 +465,105 @@ def _interp_at(curve: pd.DataFrame, active: float, col: str = 'all') -> float:
     c = curve.sort_values('active')
     return float(np.interp(math.log(active), np.log(c.active.to_numpy(float)), c[col].to_numpy(float)))
 
+
 def iso_table(fr: pd.DataFrame, size: str) -> pd.DataFrame:
     "Each pruned BioGPT of `size` beside its twin at the same active non-embedding parameters (paired by seed)."
     fr = fr[fr['size'] == size]
     twin = fr[(fr.arm == 'pythia') & (fr.kind == 'magnitude')]
     means = twin.groupby('sparsity')[['active', 'all']].mean()
     rows = []
-    for (kind, s), g in fr[(fr.arm == 'biogpt') & fr.kind.isin(['magnitude', 'structured'])].groupby(['kind', 'sparsity'], sort=False):
+    for (kind, s), g in fr[(fr.arm == 'biogpt') & fr.kind.isin(['magnitude', 'structured'])].groupby(
+        ['kind', 'sparsity'], sort=False
+    ):
         g = g[g.seed.isin(twin.seed)]
         at = [_interp_at(twin[twin.seed == r.seed], r.active) for r in g.itertuples()]
         t = paired_test(g['all'], at)
         near = (np.log(means.active) - math.log(g.active.mean())).abs().idxmin()
-        rows.append({'BioGPT': f'{kind} {s:.2f}', 'active': int(g.active.mean()), 'BioGPT bpb': g['all'].mean(), 'BioGPT std': g['all'].std(),
-                     'twin at same active': float(np.mean(at)), 'difference': t['mean'], 'ci low': t['ci'][0] if t['ci'] else None,
-                     'ci high': t['ci'][1] if t['ci'] else None, 'p': t['p'], 'verdict': judge(t), 'twin nearest': f'magnitude {near:.2f}',
-                     'twin nearest active': int(means.active[near]), 'twin nearest bpb': means['all'][near], 'seeds': t['n'],
-                     'inference tokens/s': g.tokens_per_s.mean()})
+        rows.append(
+            {
+                'BioGPT': f'{kind} {s:.2f}',
+                'active': int(g.active.mean()),
+                'BioGPT bpb': g['all'].mean(),
+                'BioGPT std': g['all'].std(),
+                'twin at same active': float(np.mean(at)),
+                'difference': t['mean'],
+                'ci low': t['ci'][0] if t['ci'] else None,
+                'ci high': t['ci'][1] if t['ci'] else None,
+                'p': t['p'],
+                'verdict': judge(t),
+                'twin nearest': f'magnitude {near:.2f}',
+                'twin nearest active': int(means.active[near]),
+                'twin nearest bpb': means['all'][near],
+                'seeds': t['n'],
+                'inference tokens/s': g.tokens_per_s.mean(),
+            }
+        )
     return pd.DataFrame(rows).set_index('BioGPT')
+
 
 def degradation_table(fr: pd.DataFrame, size: str) -> pd.DataFrame:
     "Per sparsity: each arm's loss in bits per byte from its own 0% level (both fine-tuned alike), and the paired difference BioGPT - twin."
-    mag = fr[(fr['size'] == size) & (fr.kind == 'magnitude')].pivot_table(index=['seed', 'sparsity'], columns='arm', values='all')
+    mag = fr[(fr['size'] == size) & (fr.kind == 'magnitude')].pivot_table(
+        index=['seed', 'sparsity'], columns='arm', values='all'
+    )
     mag = mag - mag.xs(0.0, level='sparsity').reindex(mag.index, level='seed')
     rows = []
     for s, g in mag.groupby(level='sparsity'):
-        if s == 0: continue
+        if s == 0:
+            continue
         t = paired_test(g.biogpt, g.pythia)
-        rows.append(dict(sparsity=s, **{'BioGPT loses': g.biogpt.mean(), 'twin loses': g.pythia.mean(), 'difference': t['mean'],
-                         'ci low': t['ci'][0] if t['ci'] else None, 'ci high': t['ci'][1] if t['ci'] else None, 'p': t['p'],
-                         'verdict': judge(t, 'BioGPT degrades less', 'BioGPT degrades more'), 'seeds': t['n']}))
+        rows.append(
+            dict(
+                sparsity=s,
+                **{
+                    'BioGPT loses': g.biogpt.mean(),
+                    'twin loses': g.pythia.mean(),
+                    'difference': t['mean'],
+                    'ci low': t['ci'][0] if t['ci'] else None,
+                    'ci high': t['ci'][1] if t['ci'] else None,
+                    'p': t['p'],
+                    'verdict': judge(t, 'BioGPT degrades less', 'BioGPT degrades more'),
+                    'seeds': t['n'],
+                },
+            )
+        )
     return pd.DataFrame(rows).set_index('sparsity')
 
 # %% ../nbs/09_pythia.ipynb #a05620e0
-PUBLISHED = pd.DataFrame(dict(sparsity=[0.0, 0.25, 0.45, 0.7, 0.9], biogpt_active_m=[294, 231, 180, 116, 65], biogpt_loss=[2.86, 2.92, 3.05, 4.12, 6.99],
-                              pythia_sparsity=[0.0, 0.25, 0.5, 0.7, 0.9], pythia_active_m=[162, 141, 120, 103, 86],
-                              pythia_loss=[3.45, 3.63, 3.72, 4.67, 6.79])).set_index('sparsity')
+PUBLISHED = pd.DataFrame(
+    dict(
+        sparsity=[0.0, 0.25, 0.45, 0.7, 0.9],
+        biogpt_active_m=[294, 231, 180, 116, 65],
+        biogpt_loss=[2.86, 2.92, 3.05, 4.12, 6.99],
+        pythia_sparsity=[0.0, 0.25, 0.5, 0.7, 0.9],
+        pythia_active_m=[162, 141, 120, 103, 86],
+        pythia_loss=[3.45, 3.63, 3.72, 4.67, 6.79],
+    )
+).set_index('sparsity')
 
 # %% ../nbs/09_pythia.ipynb #f814f95f
 def confound(records: dict, size: str) -> dict:
     "The early baseline against the trained twin and BioGPT at `size`: bpb of each, the gaps (paired by seed), and the schedule's share of the gap."
     fr = frontier(records)
-    d = fr[(fr['size'] == size) & (fr.kind == 'trained')].pivot_table(index='seed', columns='arm', values='all').dropna()
-    out = dict(bpb={a: float(d[a].mean()) for a in ARMS}, schedule_gap=paired_test(d.pythia_early, d.pythia),
-               architecture_gap=paired_test(d.pythia, d.biogpt), early_gap=paired_test(d.pythia_early, d.biogpt))
-    out['schedule_share'] = out['schedule_gap']['mean'] / out['early_gap']['mean'] if out['early_gap']['mean'] else None
-    out['published'] = dict(biogpt_loss=float(PUBLISHED.biogpt_loss[0.0]), pythia_step1000_loss=float(PUBLISHED.pythia_loss[0.0]),
-                            gap=float(PUBLISHED.pythia_loss[0.0] - PUBLISHED.biogpt_loss[0.0]))
+    d = (
+        fr[(fr['size'] == size) & (fr.kind == 'trained')]
+        .pivot_table(index='seed', columns='arm', values='all')
+        .dropna()
+    )
+    out = dict(
+        bpb={a: float(d[a].mean()) for a in ARMS},
+        schedule_gap=paired_test(d.pythia_early, d.pythia),
+        architecture_gap=paired_test(d.pythia, d.biogpt),
+        early_gap=paired_test(d.pythia_early, d.biogpt),
+    )
+    out['schedule_share'] = (
+        out['schedule_gap']['mean'] / out['early_gap']['mean'] if out['early_gap']['mean'] else None
+    )
+    out['published'] = dict(
+        biogpt_loss=float(PUBLISHED.biogpt_loss[0.0]),
+        pythia_step1000_loss=float(PUBLISHED.pythia_loss[0.0]),
+        gap=float(PUBLISHED.pythia_loss[0.0] - PUBLISHED.biogpt_loss[0.0]),
+    )
     return out
 
 # %% ../nbs/09_pythia.ipynb #029d24eb
@@ -312,50 +571,92 @@ def _fmt(t: dict) -> str:
     ci = f", 95% CI [{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}], p = {t['p']:.3g}" if t['ci'] else ''
     return f"{t['mean']:+.4f} bpb ({t['n']} seed{'s' if t['n'] > 1 else ''}{ci})"
 
-SAY = dict(better='BioGPT is better', worse='BioGPT is worse', equal='no significant difference', untested='one seed, so no test')
+
+SAY = dict(
+    better='BioGPT is better',
+    worse='BioGPT is worse',
+    equal='no significant difference',
+    untested='one seed, so no test',
+)
+
 
 def verdict(records: dict) -> dict:
     "The comparison's verdict, from the records: dense, at each active-parameter level, under pruning, and the confound; sentences and numbers."
     fr, dense = frontier(records), dense_table(records)
     sizes = fr.groupby('size').seed.nunique().sort_values(ascending=False)
     size = sizes.index[0]
-    d = fr[(fr['size'] == size) & (fr.kind == 'trained')].pivot_table(index='seed', columns='arm', values='all').dropna()
+    d = (
+        fr[(fr['size'] == size) & (fr.kind == 'trained')]
+        .pivot_table(index='seed', columns='arm', values='all')
+        .dropna()
+    )
     t = paired_test(d.biogpt, d.pythia)
     n_bio, n_py = dense.loc[(size, 'biogpt'), 'non_embedding'], dense.loc[(size, 'pythia'), 'non_embedding']
     tpp = dense.loc[(size, 'biogpt'), 'tokens_per_param']
-    lines = [f"Dense, at {n_bio:,.0f} against {n_py:,.0f} non-embedding parameters and {dense.loc[(size, 'biogpt'), 'tokens']:,.0f} tokens "
-             f"({tpp:.1f} per BioGPT parameter): BioGPT - twin = {_fmt(t)}: {SAY[judge(t)]}."]
+    lines = [
+        f"Dense, at {n_bio:,.0f} against {n_py:,.0f} non-embedding parameters and {dense.loc[(size, 'biogpt'), 'tokens']:,.0f} tokens "
+        f"({tpp:.1f} per BioGPT parameter): BioGPT - twin = {_fmt(t)}: {SAY[judge(t)]}."
+    ]
     iso = iso_table(fr, size)
     for name, r in iso.iterrows():
-        ci = f", 95% CI [{r['ci low']:+.4f}, {r['ci high']:+.4f}]" if r['ci low'] is not None and not pd.isna(r['ci low']) else ''
-        lines.append(f"BioGPT {name} ({r.active:,} active): {r['BioGPT bpb']:.4f} bpb against the twin's {r['twin at same active']:.4f} "
-                     f"at the same active count: {r.difference:+.4f}{ci}: {SAY[r.verdict]}.")
+        ci = (
+            f", 95% CI [{r['ci low']:+.4f}, {r['ci high']:+.4f}]"
+            if r['ci low'] is not None and not pd.isna(r['ci low'])
+            else ''
+        )
+        lines.append(
+            f"BioGPT {name} ({r.active:,} active): {r['BioGPT bpb']:.4f} bpb against the twin's {r['twin at same active']:.4f} "
+            f"at the same active count: {r.difference:+.4f}{ci}: {SAY[r.verdict]}."
+        )
     deg = degradation_table(fr, size)
     for s, r in deg.iterrows():
-        lines.append(f"Magnitude pruning to {s:.0%}: BioGPT loses {r['BioGPT loses']:+.4f} bpb, the twin {r['twin loses']:+.4f}: "
-                     f"{SAY.get(r.verdict, r.verdict)}.")
+        lines.append(
+            f"Magnitude pruning to {s:.0%}: BioGPT loses {r['BioGPT loses']:+.4f} bpb, the twin {r['twin loses']:+.4f}: "
+            f"{SAY.get(r.verdict, r.verdict)}."
+        )
     c = confound(records, size)
-    gap, sched = c['early_gap']['mean'], c['schedule_gap']['mean']
-    share = f", {c['schedule_share']:.0%} of the early twin's gap to BioGPT ({gap:+.4f})" if gap > 0 else \
-            f"; the early twin is not behind BioGPT (early - BioGPT = {gap:+.4f})"
-    lines.append(f"The published confound: the twin trained on the same tokens but stopped at step 1000's fraction of Pythia's schedule "
-                 f"(inside warm-up) scores {c['bpb']['pythia_early']:.4f} bpb, the fully trained twin {c['bpb']['pythia']:.4f}, BioGPT "
-                 f"{c['bpb']['biogpt']:.4f}: the early stop alone costs {_fmt(c['schedule_gap'])}{share}. Published: Pythia step 1000 "
-                 f"{c['published']['pythia_step1000_loss']} against BioGPT {c['published']['biogpt_loss']} nats per token, a gap of "
-                 f"{c['published']['gap']:.2f}.")
+    gap = c['early_gap']['mean']
+    share = (
+        f", {c['schedule_share']:.0%} of the early twin's gap to BioGPT ({gap:+.4f})"
+        if gap > 0
+        else f"; the early twin is not behind BioGPT (early - BioGPT = {gap:+.4f})"
+    )
+    lines.append(
+        f"The published confound: the twin trained on the same tokens but stopped at step 1000's fraction of Pythia's schedule "
+        f"(inside warm-up) scores {c['bpb']['pythia_early']:.4f} bpb, the fully trained twin {c['bpb']['pythia']:.4f}, BioGPT "
+        f"{c['bpb']['biogpt']:.4f}: the early stop alone costs {_fmt(c['schedule_gap'])}{share}. Published: Pythia step 1000 "
+        f"{c['published']['pythia_step1000_loss']} against BioGPT {c['published']['biogpt_loss']} nats per token, a gap of "
+        f"{c['published']['gap']:.2f}."
+    )
     others = [s for s in sizes.index if s != size]
     for s in others:
-        e = fr[(fr['size'] == s) & (fr.kind == 'trained')].pivot_table(index='seed', columns='arm', values='all').dropna()
+        e = (
+            fr[(fr['size'] == s) & (fr.kind == 'trained')]
+            .pivot_table(index='seed', columns='arm', values='all')
+            .dropna()
+        )
         u = paired_test(e.biogpt, e.pythia)
-        losses = ', '.join(f"{p:.0%} {r['BioGPT loses']:+.4f}/{r['twin loses']:+.4f}" for p, r in degradation_table(fr, s).iterrows())
-        lines.append(f"At the {s} size ({dense.loc[(s, 'biogpt'), 'non_embedding']:,.0f} non-embedding parameters, "
-                     f"{dense.loc[(s, 'biogpt'), 'tokens_per_param']:.1f} tokens per parameter): BioGPT - twin = {_fmt(u)}: {SAY[judge(u)]}; "
-                     f"bits per byte lost to magnitude pruning, BioGPT/twin: {losses}.")
-    return dict(size=size, dense=t, iso=iso.reset_index().to_dict('records'), degradation=deg.reset_index().to_dict('records'), confound=c,
-                text=lines)
+        losses = ', '.join(
+            f"{p:.0%} {r['BioGPT loses']:+.4f}/{r['twin loses']:+.4f}"
+            for p, r in degradation_table(fr, s).iterrows()
+        )
+        lines.append(
+            f"At the {s} size ({dense.loc[(s, 'biogpt'), 'non_embedding']:,.0f} non-embedding parameters, "
+            f"{dense.loc[(s, 'biogpt'), 'tokens_per_param']:.1f} tokens per parameter): BioGPT - twin = {_fmt(u)}: {SAY[judge(u)]}; "
+            f"bits per byte lost to magnitude pruning, BioGPT/twin: {losses}."
+        )
+    return dict(
+        size=size,
+        dense=t,
+        iso=iso.reset_index().to_dict('records'),
+        degradation=deg.reset_index().to_dict('records'),
+        confound=c,
+        text=lines,
+    )
 
 # %% ../nbs/09_pythia.ipynb #989ced03
 ARM_NAMES = dict(biogpt='BioGPT', pythia='Pythia twin', pythia_early='Pythia twin, step-1000 fraction')
+
 
 def plot_curves(records: dict, path=None):
     "Validation bits per byte against training tokens, one panel per size, one line per arm and seed."
@@ -363,14 +664,27 @@ def plot_curves(records: dict, path=None):
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         for r in records.values():
-            if r['size'] != size: continue
+            if r['size'] != size:
+                continue
             c = pd.DataFrame(r['curve'])
-            ax.plot(c.tokens / 1e6, c['all'], color=f'C{ARMS.index(r["arm"])}', alpha=0.8, label=f"{ARM_NAMES[r['arm']]}, seed {r['seed']}")
-        ax.set(xlabel='training tokens (millions)', ylabel='validation bits per byte', title=f'{size} size: validation curves')
+            ax.plot(
+                c.tokens / 1e6,
+                c['all'],
+                color=f'C{ARMS.index(r["arm"])}',
+                alpha=0.8,
+                label=f"{ARM_NAMES[r['arm']]}, seed {r['seed']}",
+            )
+        ax.set(
+            xlabel='training tokens (millions)',
+            ylabel='validation bits per byte',
+            title=f'{size} size: validation curves',
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=120)
+    if path:
+        save_figure(fig, path)
     return fig
+
 
 def plot_frontier(records: dict, path=None):
     "Bits per byte against active non-embedding parameters (mean and std over seeds), every size and arm, beside the published curve."
@@ -379,109 +693,233 @@ def plot_frontier(records: dict, path=None):
     fig, ax = plt.subplots(1, 2, figsize=(13, 4.5))
     for (size, arm, kind), g in fr.groupby(['size', 'arm', 'kind'], sort=False):
         m = g.groupby('sparsity')[['active', 'all']].agg(['mean', 'std'])
-        ax[0].errorbar(m['active', 'mean'], m['all', 'mean'], yerr=m['all', 'std'].fillna(0), marker='o' if kind == 'magnitude' else 's',
-                       ls='-' if kind == 'magnitude' else ':', color=f'C{ARMS.index(arm)}', alpha=1 if size == 'main' else 0.6, capsize=3,
-                       label=f'{ARM_NAMES[arm]}, {size}, {kind}')
-    ax[0].set(xscale='log', xlabel='active non-embedding parameters', ylabel='validation bits per byte', title='this study: the efficiency frontier')
+        ax[0].errorbar(
+            m['active', 'mean'],
+            m['all', 'mean'],
+            yerr=m['all', 'std'].fillna(0),
+            marker='o' if kind == 'magnitude' else 's',
+            ls='-' if kind == 'magnitude' else ':',
+            color=f'C{ARMS.index(arm)}',
+            alpha=1 if size == 'main' else 0.6,
+            capsize=3,
+            label=f'{ARM_NAMES[arm]}, {size}, {kind}',
+        )
+    ax[0].set(
+        xscale='log',
+        xlabel='active non-embedding parameters',
+        ylabel='validation bits per byte',
+        title='this study: the efficiency frontier',
+    )
     ax[0].legend(fontsize=7)
     p = PUBLISHED
     ax[1].plot(p.biogpt_active_m, p.biogpt_loss, 'o-', color='C0', label='BioGPT (published)')
     ax[1].plot(p.pythia_active_m, p.pythia_loss, 'o-', color='C2', label='Pythia-160M step 1000 (published)')
-    ax[1].set(xscale='log', xlabel='active parameters, millions (total)', ylabel='validation loss, nats per token (The Pile)',
-              title='published (another corpus, scale and recipe)')
+    ax[1].set(
+        xscale='log',
+        xlabel='active parameters, millions (total)',
+        ylabel='validation loss, nats per token (The Pile)',
+        title='published (another corpus, scale and recipe)',
+    )
     ax[1].legend(fontsize=8)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=120)
+    if path:
+        save_figure(fig, path)
     return fig
+
 
 def plot_apoptosis(records: dict, threshold: float = 0.95, path=None):
     "The per-neuron pruned fractions of every BioGPT after magnitude pruning, by target sparsity, against apoptosis's threshold."
-    rows = [dict(sparsity=f"{p['sparsity']:.0%}", fraction=f) for r in records.values() if r['arm'] == 'biogpt' and 'pruning' in r
-            for p in r['pruning']['curve'] for f in p['apoptosis'].get('fractions', [])]
+    rows = [
+        dict(sparsity=f"{p['sparsity']:.0%}", fraction=f)
+        for r in records.values()
+        if r['arm'] == 'biogpt' and 'pruning' in r
+        for p in r['pruning']['curve']
+        for f in p['apoptosis'].get('fractions', [])
+    ]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.stripplot(pd.DataFrame(rows), x='sparsity', y='fraction', ax=ax, alpha=0.6, jitter=0.25)
     ax.axhline(threshold, color='C3', ls='--', label=f'apoptosis threshold {threshold:.0%}')
-    ax.set(xlabel='target sparsity (global magnitude pruning)', ylabel='pruned fraction of a neuron', title='how pruning spreads over neurons')
+    ax.set(
+        xlabel='target sparsity (global magnitude pruning)',
+        ylabel='pruned fraction of a neuron',
+        title='how pruning spreads over neurons',
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=120)
+    if path:
+        save_figure(fig, path)
     return fig
 
 # %% ../nbs/09_pythia.ipynb #3f0da9a7
-def generation_table(records: dict, seed: int = 0, size: str | None = None, mode: str = 'greedy', sparsities=('0.00', '0.50', '0.90')) -> pd.DataFrame:
+def generation_table(
+    records: dict,
+    seed: int = 0,
+    size: str | None = None,
+    mode: str = 'greedy',
+    sparsities=('0.00', '0.50', '0.90'),
+) -> pd.DataFrame:
     "The `mode` ('greedy' or 'sampled') completions of every prompt by each pruned arm of one size and seed, side by side."
     cols = {}
     for r in records.values():
-        if r['seed'] != seed or (size and r['size'] != size) or 'generations' not in r: continue
+        if r['seed'] != seed or (size and r['size'] != size) or 'generations' not in r:
+            continue
         for s in sparsities:
-            if s in r['generations']: cols[f"{ARM_NAMES[r['arm']]}, {float(s):.0%}"] = {g['prompt']: g[mode] for g in r['generations'][s]}
+            if s in r['generations']:
+                cols[f"{ARM_NAMES[r['arm']]}, {float(s):.0%}"] = {
+                    g['prompt']: g[mode] for g in r['generations'][s]
+                }
     return pd.DataFrame(cols)
 
 # %% ../nbs/09_pythia.ipynb #53bb4ca2
 PUBLISHED_PYTHIA = ('EleutherAI/pythia-160m', 'step1000')
 
+
 def load_pythia(model: str = PUBLISHED_PYTHIA[0], revision: str | None = PUBLISHED_PYTHIA[1]):
     "A causal LM and its tokenizer from a local folder, the Hugging Face cache or the Hub (fails at once, saying what to do, when none has it)."
-    if Path(model).is_dir(): return AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
-    if model.startswith(('/', '.', '~')) or model.count('/') != 1:   # a Hub name is `owner/name`
-        raise UserError(f'{model} is not a folder, nor a Hugging Face Hub name (owner/name): give the folder of a downloaded model')
-    try: return (AutoModelForCausalLM.from_pretrained(model, revision=revision, local_files_only=True),
-                 AutoTokenizer.from_pretrained(model, local_files_only=True))
-    except OSError: pass
-    try: require_hub(f'{model} at revision {revision}')
+    if Path(model).is_dir():
+        return AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
+    if model.startswith(('/', '.', '~')) or model.count('/') != 1:  # a Hub name is `owner/name`
+        raise UserError(
+            f'{model} is not a folder, nor a Hugging Face Hub name (owner/name): give the folder of a downloaded model'
+        )
+    try:
+        return (
+            AutoModelForCausalLM.from_pretrained(model, revision=revision, local_files_only=True),
+            AutoTokenizer.from_pretrained(model, local_files_only=True),
+        )
+    except OSError:
+        pass
+    try:
+        require_hub(f'{model} at revision {revision}')
     except UserError:
-        raise UserError(f"{model} (revision {revision}) is not a local folder, is not in the Hugging Face cache, and the Hub cannot be reached. "
-                        f"On a machine with internet: `hf download {model} --revision {revision} --local-dir pythia`, then copy the folder here "
-                        "and pass its path") from None
-    return AutoModelForCausalLM.from_pretrained(model, revision=revision), AutoTokenizer.from_pretrained(model)
+        raise UserError(
+            f"{model} (revision {revision}) is not a local folder, is not in the Hugging Face cache, and the Hub cannot be reached. "
+            f"On a machine with internet: `hf download {model} --revision {revision} --local-dir pythia`, then copy the folder here "
+            "and pass its path"
+        ) from None
+    return AutoModelForCausalLM.from_pretrained(model, revision=revision), AutoTokenizer.from_pretrained(
+        model
+    )
 
-def checkpoint_study(model: str = PUBLISHED_PYTHIA[0], revision: str | None = PUBLISHED_PYTHIA[1], seq_len: int = 512, lr: float = 6e-4,
-                     sparsities=SPARSITIES, finetune_steps: int = 50, eval_tokens: int | None = 32_768, log=print, **recipe) -> dict:
+
+def checkpoint_study(
+    model: str = PUBLISHED_PYTHIA[0],
+    revision: str | None = PUBLISHED_PYTHIA[1],
+    seq_len: int = 512,
+    lr: float = 6e-4,
+    sparsities=SPARSITIES,
+    finetune_steps: int = 50,
+    eval_tokens: int | None = 32_768,
+    log=print,
+    **recipe,
+) -> dict:
     "Evaluate a real checkpoint in bits per byte on the held-out text of the embedded corpus, then prune and fine-tune it as the study does."
     m, tok = load_pythia(model, revision)
-    data = {**COMPARISON_DATA, 'tokenizer': model}   # the model's own tokenizer (found where the model was), over the same text
+    data = {
+        **COMPARISON_DATA,
+        'tokenizer': model,
+    }  # the model's own tokenizer (found where the model was), over the same text
     shards = load_shards(data)
-    cfg = TrainConfig(arch=m.config.model_type, d_model=m.config.hidden_size, n_layers=m.config.num_hidden_layers, seq_len=seq_len,
-                      data=data, **{**RECIPE, 'lr': lr, 'final_eval_tokens': eval_tokens, 'warmup_steps': finetune_steps, **recipe})
+    cfg = TrainConfig(
+        arch=m.config.model_type,
+        d_model=m.config.hidden_size,
+        n_layers=m.config.num_hidden_layers,
+        seq_len=seq_len,
+        data=data,
+        **{**RECIPE, 'lr': lr, 'final_eval_tokens': eval_tokens, 'warmup_steps': finetune_steps, **recipe},
+    )
     t0 = time.perf_counter()
     ev = evaluate(m, shards, seq_len, cfg.eval_batch, eval_tokens)
-    out = dict(model=model, revision=revision, params=count_params(m), tokenizer=tok.name_or_path, eval=ev, eval_s=round(time.perf_counter() - t0, 1))
-    out['pruning'] = pruning_study(m, cfg, sparsities, (), finetune_steps, shards, eval_tokens=eval_tokens, log=log)
+    out = dict(
+        model=model,
+        revision=revision,
+        params=count_params(m),
+        tokenizer=tok.name_or_path,
+        eval=ev,
+        eval_s=round(time.perf_counter() - t0, 1),
+    )
+    out['pruning'] = pruning_study(
+        m, cfg, sparsities, (), finetune_steps, shards, eval_tokens=eval_tokens, log=log
+    )
     return out
 
 # %% ../nbs/09_pythia.ipynb #02aa953a
-def compare(plan: dict = MAIN_JOB, name: str | None = 'pythia', home=None, results=None, figures=None, command: str = 'biogpt-pythia',
-            verbose: bool = True, **kw) -> dict:
+def compare(
+    plan: dict = MAIN_JOB,
+    name: str | None = 'pythia',
+    home=None,
+    results=None,
+    figures=None,
+    command: str = 'biogpt-pythia',
+    verbose: bool = True,
+    **kw,
+) -> dict:
     "Run `plan`, print its tables and verdict, draw its figures, and record `results/<name>.json`; the records, tables and verdict."
     t0 = time.perf_counter()
     records = run_plan(plan, home, verbose=verbose, **kw)
     fr, dense, v = frontier(records), dense_table(records), verdict(records)
     iso = iso_table(fr, v['size'])
     if verbose and process_state().is_main_process:
-        print('\nas trained (bits per byte on the held-out windows, mean over seeds):\n', dense.round(4).to_string(), sep='')
-        print(f"\nat equal active non-embedding parameters ({v['size']} size):\n", iso.round(4).to_string(), sep='')
+        print(
+            '\nas trained (bits per byte on the held-out windows, mean over seeds):\n',
+            dense.round(4).to_string(),
+            sep='',
+        )
+        print(
+            f"\nat equal active non-embedding parameters ({v['size']} size):\n",
+            iso.round(4).to_string(),
+            sep='',
+        )
         print('\nverdict:\n' + '\n'.join(f'- {line}' for line in v['text']))
-    out = dict(plan={k: list(s) for k, s in plan.items()}, dense=dense.reset_index().to_dict('records'), verdict=v, records=records)
+    out = dict(
+        plan={k: list(s) for k, s in plan.items()},
+        dense=dense.reset_index().to_dict('records'),
+        verdict=v,
+        records=records,
+    )
     if name and process_state().is_main_process:
-        figs = Path(figures or results or repo_root()/'figures')   # (results written elsewhere take their figures along)
+        figs = Path(
+            figures or results or repo_root() / 'figures'
+        )  # (results written elsewhere take their figures along)
         figs.mkdir(parents=True, exist_ok=True)
-        for what, draw in (('curves', plot_curves), ('frontier', plot_frontier), ('apoptosis', plot_apoptosis)):
-            plt.close(draw(records, path=figs/f'{name}_{what}.png'))
+        for what, draw in (
+            ('curves', plot_curves),
+            ('frontier', plot_frontier),
+            ('apoptosis', plot_apoptosis),
+        ):
+            plt.close(draw(records, path=figs / f'{name}_{what}.png'))
         cfg0 = next(iter(records.values()))['plan']
-        save_result(name, out, command=command, seeds=sorted({s for seeds in plan.values() for s in seeds}),
-                    config=dict(plan=out['plan'], data=kw.get('data') or COMPARISON_DATA, recipe={**RECIPE, **(kw.get('recipe') or {})},
-                                sizes={k: SIZES[k] for k in plan}, tokens_per_param=kw.get('tokens_per_param', TOKENS_PER_PARAM),
-                                sparsities=cfg0['sparsities'], structured=cfg0['structured'], finetune_steps=cfg0['finetune_steps']),
-                    timings=dict(wall_s=round(time.perf_counter() - t0, 1),
-                                 runs_s={k: r['wall_s'] for k, r in records.items()}), folder=results)
+        save_result(
+            name,
+            out,
+            command=command,
+            seeds=sorted({s for seeds in plan.values() for s in seeds}),
+            config=dict(
+                plan=out['plan'],
+                data=kw.get('data') or COMPARISON_DATA,
+                recipe={**RECIPE, **(kw.get('recipe') or {})},
+                sizes={k: SIZES[k] for k in plan},
+                tokens_per_param=kw.get('tokens_per_param', TOKENS_PER_PARAM),
+                sparsities=cfg0['sparsities'],
+                structured=cfg0['structured'],
+                finetune_steps=cfg0['finetune_steps'],
+            ),
+            timings=dict(
+                wall_s=round(time.perf_counter() - t0, 1), runs_s={k: r['wall_s'] for k, r in records.items()}
+            ),
+            folder=results,
+        )
     return out
 
+
 @call_parse
-def pythia_cli(study: bool = False,  # the whole study (3 seeds at the main size, a pair at the large size), resumable; default: the main job
-               checkpoint: str = None,  # evaluate and prune a real checkpoint instead: a Hub name (EleutherAI/pythia-160m) or a local folder
-               revision: str = PUBLISHED_PYTHIA[1],  # the checkpoint's revision (the published study: step1000)
-               name: str = None,  # results name (default: pythia, pythia_study or pythia_checkpoint)
-               results: str = None):  # folder of the results file (default: the repository's results/)
+def pythia_cli(
+    study: bool = False,  # the whole study (3 seeds at the main size, a pair at the large size), resumable; default: the main job
+    checkpoint: str = None,  # evaluate and prune a real checkpoint instead: a Hub name (EleutherAI/pythia-160m) or a local folder
+    revision: str = PUBLISHED_PYTHIA[1],  # the checkpoint's revision (the published study: step1000)
+    name: str = None,  # results name (default: pythia, pythia_study or pythia_checkpoint)
+    results: str = None,
+):  # folder of the results file (default: the repository's results/)
     "BioGPT against its Pythia twin: the main job, the whole study (--study), or a real Pythia checkpoint (--checkpoint)."
     prog = invoked_as('biogpt-pythia', 'biogpt.pythia')
     command = perf_env() + prog + ' ' + shlex.join(sys.argv[1:])
@@ -489,7 +927,24 @@ def pythia_cli(study: bool = False,  # the whole study (3 seeds at the main size
         if checkpoint:
             t0 = time.perf_counter()
             out = checkpoint_study(checkpoint, revision)
-            print(pd.DataFrame({p['sparsity']: _bpb(p['eval']) for p in out['pruning']['curve']}).T.round(4).to_string())
-            save_result(name or 'pythia_checkpoint', out, command=command, config=dict(model=checkpoint, revision=revision), seeds=[0],
-                        timings=dict(wall_s=round(time.perf_counter() - t0, 1)), folder=results)
-        else: compare(STUDY if study else MAIN_JOB, name or ('pythia_study' if study else 'pythia'), results=results, command=command)
+            print(
+                pd.DataFrame({p['sparsity']: _bpb(p['eval']) for p in out['pruning']['curve']})
+                .T.round(4)
+                .to_string()
+            )
+            save_result(
+                name or 'pythia_checkpoint',
+                out,
+                command=command,
+                config=dict(model=checkpoint, revision=revision),
+                seeds=[0],
+                timings=dict(wall_s=round(time.perf_counter() - t0, 1)),
+                folder=results,
+            )
+        else:
+            compare(
+                STUDY if study else MAIN_JOB,
+                name or ('pythia_study' if study else 'pythia'),
+                results=results,
+                command=command,
+            )

@@ -4,9 +4,8 @@
 
 # %% ../nbs/06_trainer.ipynb #5dd1ce44
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, shutil, statistics, sys, tempfile, time, warnings, zipfile
+import contextlib, dataclasses, json, math, os, shutil, sys, time, warnings, zipfile
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -14,39 +13,56 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, is_tensorboard_available, parse_flag_from_env, set_seed
+from accelerate.utils import (
+    GradientAccumulationPlugin,
+    broadcast_object_list,
+    is_tensorboard_available,
+    parse_flag_from_env,
+    set_seed,
+)
 from fastcore.basics import patch
 from fastcore.script import call_parse
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model
 from tqdm.auto import tqdm
-from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PreTrainedModel, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import (
+    CONFIG_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    get_cosine_with_min_lr_schedule_with_warmup,
+)
 from transformers.pytorch_utils import Conv1D
 
-from .core import (UserError, atomic_dir, atomic_write, biogpt_home, count_params, invoked_as, json_option, peak_memory_mb, perf_env,
-                         repo_root, save_result, user_errors)
+from .core import UserError, atomic_dir, atomic_write, biogpt_home, count_params, invoked_as
+from .core import json_option, peak_memory_mb, perf_env, repo_root, save_result, user_errors
 from .data import TokenShards, bits_per_byte, build_shards, default_data, get_tokenizer, hf_corpus
+from .cortical import attention_heads
 import biogpt.model  # registers the 'biogpt_dendritic' model type with the Auto classes
 
 # %% auto #0
-__all__ = ['PRESETS', 'PRESET_TIME', 'CPU_PRECISION', 'CKPT_PREFIX', 'TrainConfig', 'model_fields', 'model_config', 'build_model',
-           'run_name', 'get_preset', 'load_shards', 'decay_split', 'param_groups', 'make_optimizer', 'lr_schedule',
-           'lm_loss', 'grad_accum_steps', 'micro_rows', 'evaluate', 'resolve_precision', 'process_state',
-           'make_accelerator', 'CheckpointError', 'CorruptCheckpointError', 'checkpoints', 'latest_checkpoint',
-           'read_trainer_state', 'verify_checkpoint', 'shared_atomic_dir', 'clean_run_dir', 'config_diff',
-           'check_resumable', 'RunLog', 'read_log', 'NonFiniteLossError', 'Trainer', 'run_summary', 'train',
-           'model_card', 'write_model_folder', 'export_checkpoint', 'bare_steps', 'bench_trainer', 'run_preset',
-           'train_cli']
+__all__ = ['PRESETS', 'CPU_PRECISION', 'CKPT_PREFIX', 'TrainConfig', 'model_fields', 'model_config', 'build_model', 'run_name',
+           'get_preset', 'load_shards', 'decay_split', 'param_groups', 'make_optimizer', 'lr_schedule', 'lm_loss',
+           'grad_accum_steps', 'micro_rows', 'evaluate', 'resolve_precision', 'process_state', 'make_accelerator',
+           'CheckpointError', 'CorruptCheckpointError', 'checkpoints', 'latest_checkpoint', 'read_trainer_state',
+           'verify_checkpoint', 'shared_atomic_dir', 'clean_run_dir', 'config_diff', 'check_resumable', 'RunLog',
+           'read_log', 'NonFiniteLossError', 'Trainer', 'run_summary', 'train', 'model_card', 'write_model_folder',
+           'export_checkpoint', 'run_preset', 'train_cli']
 
 # %% ../nbs/06_trainer.ipynb #8e321d53
 @dataclass
 class TrainConfig:
     "Everything that defines a training run: model, data, batch, recipe, and when to evaluate, log and checkpoint."
-    arch: str = 'biogpt'  # 'biogpt' (this project's dendritic model), 'gpt_neox', or another transformers model type
+
+    arch: str = (
+        'biogpt'  # 'biogpt' (this project's dendritic model), 'gpt_neox', or another transformers model type
+    )
     d_model: int = 256
     n_layers: int = 4
-    model_kwargs: dict = field(default_factory=dict)  # further config fields of the architecture (override model_fields)
+    model_kwargs: dict = field(
+        default_factory=dict
+    )  # further config fields of the architecture (override model_fields)
     seq_len: int = 256
     batch_size: int = 32  # sequences per optimizer step, over all processes and accumulation steps
     micro_batch: int = 8  # sequences per forward pass on one process
@@ -67,33 +83,63 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints kept
     seed: int = 0
     tensorboard: bool = True  # log to TensorBoard too when it is installed
-    data: dict = field(default_factory=lambda: dict(source='default', tokenizer='auto', vocab_size=8192, scale=1.0))
+    data: dict = field(
+        default_factory=lambda: dict(source='default', tokenizer='auto', vocab_size=8192, scale=1.0)
+    )
 
     @property
-    def tokens_per_step(self) -> int: return self.batch_size * self.seq_len
-    def to_dict(self) -> dict: return dataclasses.asdict(self)
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 # %% ../nbs/06_trainer.ipynb #a141a150
 def model_fields(arch: str, d_model: int, n_layers: int, seq_len: int) -> dict:
     "The config fields (with `model_type`) of a `d_model`-wide, `n_layers`-deep model of type `arch` for sequences of `seq_len`."
     if arch == 'biogpt':
-        return dict(model_type=biogpt.model.BioGPTConfig.model_type, d_model=d_model, n_layers=n_layers, max_seq_len=seq_len)
+        return dict(
+            model_type=biogpt.model.BioGPTConfig.model_type,
+            d_model=d_model,
+            n_layers=n_layers,
+            max_seq_len=seq_len,
+        )
     if arch == 'gpt_neox':
-        return dict(model_type=arch, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=max(1, d_model // 64),
-                    intermediate_size=4 * d_model, max_position_embeddings=seq_len, tie_word_embeddings=False)
-    if arch in CONFIG_MAPPING: return dict(model_type=arch)  # another registered architecture: its size comes from model_kwargs
-    raise UserError(f"unknown arch {arch!r}: use 'biogpt', 'gpt_neox' or another transformers model type (with its fields in model_kwargs)")
+        return dict(
+            model_type=arch,
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=attention_heads(d_model),
+            intermediate_size=4 * d_model,
+            max_position_embeddings=seq_len,
+            tie_word_embeddings=False,
+        )
+    if arch in CONFIG_MAPPING:
+        return dict(model_type=arch)  # another registered architecture: its size comes from model_kwargs
+    raise UserError(
+        f"unknown arch {arch!r}: use 'biogpt', 'gpt_neox' or another transformers model type (with its fields in model_kwargs)"
+    )
+
 
 def model_config(cfg: TrainConfig, vocab_size: int):
     "The transformers config of the model `cfg` describes, for a vocabulary of `vocab_size` tokens."
-    fields = {**model_fields(cfg.arch, cfg.d_model, cfg.n_layers, cfg.seq_len), 'vocab_size': vocab_size, **cfg.model_kwargs}
+    fields = {
+        **model_fields(cfg.arch, cfg.d_model, cfg.n_layers, cfg.seq_len),
+        'vocab_size': vocab_size,
+        **cfg.model_kwargs,
+    }
     if fields['vocab_size'] < vocab_size:
-        raise UserError(f"model vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}: leave it unset or pad it up")
+        raise UserError(
+            f"model vocab_size {fields['vocab_size']} is smaller than the tokenizer's {vocab_size}: leave it unset or pad it up"
+        )
     model_type = fields.pop('model_type')
     known = CONFIG_MAPPING[model_type]().to_dict().keys()
     if unknown := sorted(set(fields) - known):
-        raise UserError(f'{model_type} configs have no field {", ".join(map(repr, unknown))}: check model_kwargs')
-    try: return AutoConfig.for_model(model_type, **fields)
+        raise UserError(
+            f'{model_type} configs have no field {", ".join(map(repr, unknown))}: check model_kwargs'
+        )
+    try:
+        return AutoConfig.for_model(model_type, **fields)
     except StrictDataclassError as e:  # the config's own validation, which names the field
         raise UserError(f'invalid {model_type} config: {e.__cause__ or e}: check model_kwargs') from None
 
@@ -105,83 +151,165 @@ def build_model(cfg: TrainConfig, vocab_size: int, device=None) -> PreTrainedMod
         return AutoModelForCausalLM.from_config(model_config(cfg, vocab_size))
 
 # %% ../nbs/06_trainer.ipynb #6c5392f9
+_PUBLISHED = biogpt.model.BioGPTConfig()  # the published model: its defaults
 _SMALL_DATA = dict(source='default', tokenizer='bpe', vocab_size=512, scale=0.02)
-_PILE = dict(source='hub', path='monology/pile-uncopyrighted', domain_column='meta.pile_set_name', max_docs=1_500_000,
-             tokenizer='EleutherAI/gpt-neox-20b')
+_PILE = dict(
+    source='hub',
+    path='monology/pile-uncopyrighted',
+    domain_column='meta.pile_set_name',
+    max_docs=1_500_000,
+    tokenizer='EleutherAI/gpt-neox-20b',
+)
 
 PRESETS = {
-    'tiny': dict(d_model=32, n_layers=2, seq_len=32, batch_size=8, micro_batch=4, max_steps=20, lr=3e-3, warmup_steps=4,
-                 mixed_precision='no', eval_every=10, eval_tokens=256, final_eval_tokens=256, eval_batch=8, ckpt_every=10, data=_SMALL_DATA),
-    'cpu': dict(d_model=256, n_layers=4, seq_len=256, batch_size=16, micro_batch=16, max_steps=240, lr=1.5e-3, warmup_steps=24,
-                eval_every=40, eval_tokens=8192, final_eval_tokens=32_768, eval_batch=16, ckpt_every=80),
-    'gpu-small': dict(d_model=512, n_layers=8, seq_len=512, batch_size=32, micro_batch=16, max_steps=1500, lr=6e-4, warmup_steps=150,
-                      eval_every=100, eval_tokens=65_536, final_eval_tokens=None, ckpt_every=250),
-    'paper': dict(d_model=768, n_layers=12, seq_len=1024, batch_size=32, micro_batch=4, max_steps=61_035, lr=6e-4, warmup_steps=500,
-                  grad_checkpointing=True, eval_every=1000, eval_tokens=262_144, final_eval_tokens=None, ckpt_every=1000,
-                  model_kwargs=dict(vocab_size=50_304), data=_PILE),
+    'tiny': dict(
+        d_model=32,
+        n_layers=2,
+        seq_len=32,
+        batch_size=8,
+        micro_batch=4,
+        max_steps=20,
+        lr=3e-3,
+        warmup_steps=4,
+        mixed_precision='no',
+        eval_every=10,
+        eval_tokens=256,
+        final_eval_tokens=256,
+        eval_batch=8,
+        ckpt_every=10,
+        data=_SMALL_DATA,
+    ),
+    'cpu': dict(
+        d_model=256,
+        n_layers=4,
+        seq_len=256,
+        batch_size=16,
+        micro_batch=16,
+        max_steps=240,
+        lr=1.5e-3,
+        warmup_steps=24,
+        eval_every=40,
+        eval_tokens=8192,
+        final_eval_tokens=32_768,
+        eval_batch=16,
+        ckpt_every=80,
+    ),
+    'gpu-small': dict(
+        d_model=512,
+        n_layers=8,
+        seq_len=512,
+        batch_size=32,
+        micro_batch=16,
+        max_steps=1500,
+        lr=6e-4,
+        warmup_steps=150,
+        eval_every=100,
+        eval_tokens=65_536,
+        final_eval_tokens=None,
+        ckpt_every=250,
+    ),
+    'paper': dict(
+        d_model=_PUBLISHED.d_model,
+        n_layers=_PUBLISHED.n_layers,
+        seq_len=_PUBLISHED.max_seq_len,
+        batch_size=32,
+        micro_batch=4,
+        max_steps=61_035,
+        lr=6e-4,
+        warmup_steps=500,
+        grad_checkpointing=True,
+        eval_every=1000,
+        eval_tokens=262_144,
+        final_eval_tokens=None,
+        ckpt_every=1000,
+        model_kwargs=dict(vocab_size=_PUBLISHED.vocab_size),
+        data=_PILE,
+    ),
 }
-PRESET_TIME = {'tiny': 'seconds on a CPU (tests)', 'cpu': 'about 10 minutes on a 2-core CPU (measured: results/train_cpu.json)',
-               'gpu-small': 'a few minutes on one recent GPU (estimate, not measured here)',
-               'paper': 'about 22 hours on one RTX 4090 (published)'}
+
 
 def run_name(preset: str, arch: str = 'biogpt') -> str:
     "The name of a preset's run: its folder under `$BIOGPT_HOME/runs` and its results file (`train_cpu`, `train_cpu_gpt_neox`)."
     return f"train_{preset}{'' if arch == 'biogpt' else '_' + arch}"
 
+
 def get_preset(name: str, arch: str = 'biogpt', **overrides) -> TrainConfig:
     "The `TrainConfig` of preset `name` for architecture `arch`, with `overrides` (`model_kwargs` and `data` merge)."
-    if name not in PRESETS: raise UserError(f'unknown preset {name!r}: choose one of {", ".join(PRESETS)}')
+    if name not in PRESETS:
+        raise UserError(f'unknown preset {name!r}: choose one of {", ".join(PRESETS)}')
     p = {**PRESETS[name], 'arch': arch}
     for k in ('model_kwargs', 'data'):
-        if k in overrides: overrides[k] = {**p.get(k, {}), **overrides[k]}
+        if k in overrides:
+            overrides[k] = {**p.get(k, {}), **overrides[k]}
     unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown: raise UserError(f'unknown TrainConfig fields {sorted(unknown)}: choose among {", ".join(f.name for f in dataclasses.fields(TrainConfig))}')
+    if unknown:
+        raise UserError(
+            f'unknown TrainConfig fields {sorted(unknown)}: choose among {", ".join(f.name for f in dataclasses.fields(TrainConfig))}'
+        )
     return TrainConfig(**{**p, **overrides})
 
 # %% ../nbs/06_trainer.ipynb #38f2edab
 def load_shards(data: dict, home=None) -> TokenShards:
     "The token shards a run's `data` entry describes: the default corpus or a Hub dataset."
-    data = dict(data); source = data.pop('source', 'default')
-    if source == 'default': return default_data(home=home, verbose=False, **data)
+    data = dict(data)
+    source = data.pop('source', 'default')
+    if source == 'default':
+        return default_data(home=home, verbose=False, **data)
     if source == 'hub':
         tok_spec, vocab = data.pop('tokenizer', 'auto'), data.pop('vocab_size', 8192)
         corpus = hf_corpus(data.pop('path'), **data)
         home = Path(home or biogpt_home())
-        return build_shards(corpus, get_tokenizer(tok_spec, corpus, vocab, home=home), root=home/'shards')
+        return build_shards(corpus, get_tokenizer(tok_spec, corpus, vocab, home=home), root=home / 'shards')
     raise ValueError(f"unknown data source {source!r}: use 'default' or 'hub'")
 
 # %% ../nbs/06_trainer.ipynb #d6d637bc
 _LINEAR = (torch.nn.Linear, torch.nn.modules.conv._ConvNd, Conv1D)
 
+
 def _decays(module, pname: str, p) -> bool:
-    if isinstance(module, _LINEAR): return pname in ('weight', 'weight_orig')  # (`weight_orig`: a weight pruned by torch.nn.utils.prune)
-    if isinstance(module, torch.nn.Embedding): return False
-    return p.ndim >= 3 and min(p.shape[-2:]) > 1  # a stack of matrices, not a broadcast bias (branches, 1, width) or a gate
+    if isinstance(module, _LINEAR):
+        return pname in ('weight', 'weight_orig')  # (`weight_orig`: a weight pruned by torch.nn.utils.prune)
+    if isinstance(module, torch.nn.Embedding):
+        return False
+    return (
+        p.ndim >= 3 and min(p.shape[-2:]) > 1
+    )  # a stack of matrices, not a broadcast bias (branches, 1, width) or a gate
+
 
 def decay_split(model) -> tuple[list[str], list[str]]:
     "Names of the parameters that get weight decay (matrices of linear maps), and of those exempt (biases, norms, embeddings, gates)."
     decay, exempt, seen = [], [], set()
     for mname, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
-            if id(p) in seen or not p.requires_grad: continue  # a tied parameter counts once
+            if id(p) in seen or not p.requires_grad:
+                continue  # a tied parameter counts once
             seen.add(id(p))
             (decay if _decays(module, pname, p) else exempt).append(f'{mname}.{pname}' if mname else pname)
     return decay, exempt
+
 
 def param_groups(model, weight_decay: float) -> list[dict]:
     "AdamW parameter groups: decayed matrices, and the exempt rest with no decay."
     decay, exempt = decay_split(model)
     params = dict(model.named_parameters())
-    return [dict(params=[params[n] for n in decay], weight_decay=weight_decay), dict(params=[params[n] for n in exempt], weight_decay=0.0)]
+    return [
+        dict(params=[params[n] for n in decay], weight_decay=weight_decay),
+        dict(params=[params[n] for n in exempt], weight_decay=0.0),
+    ]
+
 
 def make_optimizer(model, cfg) -> torch.optim.AdamW:
-    "AdamW over `param_groups` with the recipe's learning rate and betas, fused: one kernel over all tensors instead of a dozen ops per tensor (measured below)."
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
+    "AdamW over `param_groups` with the recipe's learning rate and betas, fused: one kernel over all tensors instead of a dozen ops per tensor (timed in the benchmarks chapter)."
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), fused=True
+    )
 
 # %% ../nbs/06_trainer.ipynb #a5f4871a
 def lr_schedule(optimizer, cfg: TrainConfig):
     "Linear warm-up to `cfg.lr`, then cosine decay to `cfg.min_lr_ratio * cfg.lr` at `cfg.max_steps`."
-    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps, min_lr_rate=cfg.min_lr_ratio)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, cfg.warmup_steps, cfg.max_steps, min_lr_rate=cfg.min_lr_ratio
+    )
 
 # %% ../nbs/06_trainer.ipynb #75c40af1
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 'mean') -> torch.Tensor:
@@ -193,9 +321,12 @@ def grad_accum_steps(cfg: TrainConfig, num_processes: int = 1) -> int:
     "Accumulation steps that make `cfg.batch_size` sequences per step from `cfg.micro_batch` per forward on each process."
     per_pass = cfg.micro_batch * num_processes
     if cfg.batch_size % per_pass:
-        raise ValueError(f'batch_size {cfg.batch_size} is not a multiple of micro_batch x processes = {cfg.micro_batch} x {num_processes}: '
-                         'change micro_batch or the number of processes')
+        raise ValueError(
+            f'batch_size {cfg.batch_size} is not a multiple of micro_batch x processes = {cfg.micro_batch} x {num_processes}: '
+            'change micro_batch or the number of processes'
+        )
     return cfg.batch_size // per_pass
+
 
 def micro_rows(k: int, micro_batch: int, rank: int = 0, num_processes: int = 1) -> slice:
     "The rows of the global batch that process `rank` trains on in accumulation step `k`."
@@ -204,8 +335,14 @@ def micro_rows(k: int, micro_batch: int, rank: int = 0, num_processes: int = 1) 
 
 # %% ../nbs/06_trainer.ipynb #173632e9
 @torch.no_grad()
-def evaluate(model, shards: TokenShards, seq_len: int, batch_size: int = 16, max_tokens: int | None = None,
-             accelerator: Accelerator | None = None) -> dict[str, dict]:
+def evaluate(
+    model,
+    shards: TokenShards,
+    seq_len: int,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+    accelerator: Accelerator | None = None,
+) -> dict[str, dict]:
     "Validation loss, perplexity and bits per byte of `model`, per domain and overall (`all`); the same for the same weights."
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     device = accelerator.device if accelerator else next(model.parameters()).device
@@ -219,96 +356,165 @@ def evaluate(model, shards: TokenShards, seq_len: int, batch_size: int = 16, max
             mine = i + rank < len(batches)
             x, y, _ = batches[i + rank if mine else i]
             loss = lm_loss(model(input_ids=x.to(device), use_cache=False).logits, y.to(device), 'sum')
-            if mine: total += loss.double()
+            if mine:
+                total += loss.double()
         sums.append(total)
         counts[d] = (sum(y.numel() for _, y, _ in batches), sum(b for *_, b in batches))
     sums = torch.stack(sums)
-    if accelerator: sums = accelerator.reduce(sums, 'sum')
+    if accelerator:
+        sums = accelerator.reduce(sums, 'sum')
     model.train(was_training)
     out, s = {}, sums.tolist()
     for (d, (n, b)), loss_sum in zip(counts.items(), s):
-        out[d] = dict(loss=loss_sum / n, ppl=math.exp(loss_sum / n), bpb=bits_per_byte(loss_sum, b), tokens=n, bytes=b)
+        out[d] = dict(
+            loss=loss_sum / n, ppl=math.exp(loss_sum / n), bpb=bits_per_byte(loss_sum, b), tokens=n, bytes=b
+        )
     n, b = sum(v['tokens'] for v in out.values()), sum(v['bytes'] for v in out.values())
-    out['all'] = dict(loss=sum(s) / n, ppl=math.exp(sum(s) / n), bpb=bits_per_byte(sum(s), b), tokens=n, bytes=b)
+    out['all'] = dict(
+        loss=sum(s) / n, ppl=math.exp(sum(s) / n), bpb=bits_per_byte(sum(s), b), tokens=n, bytes=b
+    )
     return out
 
 # %% ../nbs/06_trainer.ipynb #423a756b
-CPU_PRECISION = 'bf16'  # measured: bf16 autocast trains the cpu preset faster than fp32 on this CPU (see the benchmark)
+CPU_PRECISION = (
+    'bf16'  # measured: bf16 autocast trains the cpu preset faster than fp32 on this CPU (see the benchmark)
+)
+
 
 def resolve_precision(mixed_precision: str, device) -> str:
     "The Accelerate precision for `mixed_precision` on `device`: 'auto' becomes bf16 on a GPU, `CPU_PRECISION` on a CPU."
-    if mixed_precision not in ('auto', 'no', 'bf16', 'fp16'): raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
-    if mixed_precision != 'auto': return mixed_precision
-    if torch.device(device).type == 'cuda': return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+    if mixed_precision not in ('auto', 'no', 'bf16', 'fp16'):
+        raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
+    if mixed_precision != 'auto':
+        return mixed_precision
+    if torch.device(device).type == 'cuda':
+        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
     return CPU_PRECISION if torch.device(device).type == 'cpu' else 'no'
+
 
 def process_state() -> PartialState:
     "Accelerate's process state; several processes launched on a machine without an accelerator train on the CPU with gloo."
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, 'accelerator') else torch.cuda.is_available()
-    return PartialState(cpu=parse_flag_from_env('ACCELERATE_USE_CPU') or (int(os.environ.get('WORLD_SIZE', 1)) > 1 and not has_accelerator))
+    has_accelerator = (
+        torch.accelerator.is_available() if hasattr(torch, 'accelerator') else torch.cuda.is_available()
+    )
+    return PartialState(
+        cpu=parse_flag_from_env('ACCELERATE_USE_CPU')
+        or (int(os.environ.get('WORLD_SIZE', 1)) > 1 and not has_accelerator)
+    )
+
 
 def make_accelerator(cfg: TrainConfig, run_dir=None) -> Accelerator:
     "The `Accelerator` of a run: its precision, gradient accumulation over the launched processes, TensorBoard if installed."
     state = process_state()
     precision = resolve_precision(cfg.mixed_precision, state.device)
-    if AcceleratorState._shared_state and state.num_processes == 1 and AcceleratorState().mixed_precision != precision:
+    if (
+        AcceleratorState._shared_state
+        and state.num_processes == 1
+        and AcceleratorState().mixed_precision != precision
+    ):
         AcceleratorState._reset_state()
     tb = bool(cfg.tensorboard and run_dir is not None and is_tensorboard_available())
-    plugin = GradientAccumulationPlugin(num_steps=grad_accum_steps(cfg, state.num_processes), sync_with_dataloader=False)
-    acc = Accelerator(cpu=state.device.type == 'cpu', mixed_precision=precision, gradient_accumulation_plugin=plugin, step_scheduler_with_optimizer=False,
-                      log_with='tensorboard' if tb else None, project_dir=run_dir)
-    if tb: acc.init_trackers('tensorboard', config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))})
+    plugin = GradientAccumulationPlugin(
+        num_steps=grad_accum_steps(cfg, state.num_processes), sync_with_dataloader=False
+    )
+    acc = Accelerator(
+        cpu=state.device.type == 'cpu',
+        mixed_precision=precision,
+        gradient_accumulation_plugin=plugin,
+        step_scheduler_with_optimizer=False,
+        log_with='tensorboard' if tb else None,
+        project_dir=run_dir,
+    )
+    if tb:
+        acc.init_trackers(
+            'tensorboard',
+            config={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, bool))},
+        )
     return acc
 
 # %% ../nbs/06_trainer.ipynb #b04ffb04
 CKPT_PREFIX = 'step-'
 
+
 class CheckpointError(UserError):
     "A checkpoint that is missing, not a trainer checkpoint, or from another model or run."
+
 
 class CorruptCheckpointError(CheckpointError):
     "A checkpoint with a file that is missing or does not read."
 
+
 def checkpoints(run_dir) -> list[Path]:
     "The complete checkpoints of `run_dir`, oldest first."
-    folder = Path(run_dir)/'checkpoints'
-    if not folder.exists(): return []
-    return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX):].isdigit()),
-                  key=lambda p: int(p.name[len(CKPT_PREFIX):]))
+    folder = Path(run_dir) / 'checkpoints'
+    if not folder.exists():
+        return []
+    return sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_dir() and p.name.startswith(CKPT_PREFIX) and p.name[len(CKPT_PREFIX) :].isdigit()
+        ),
+        key=lambda p: int(p.name[len(CKPT_PREFIX) :]),
+    )
+
 
 def latest_checkpoint(run_dir) -> Path | None:
     "The most recent complete checkpoint of `run_dir`, or None."
     return (checkpoints(run_dir) or [None])[-1]
 
+
 def read_trainer_state(path) -> dict:
     "The `trainer_state.json` of checkpoint `path`, with a clear error when the folder is missing, foreign or incomplete."
     path = Path(path)
-    if not path.is_dir(): raise CheckpointError(f'no checkpoint folder at {path}: give a checkpoints/{CKPT_PREFIX}NNNNNN folder of a biogpt-train run')
-    if not (path/'trainer_state.json').exists():
-        raise CheckpointError(f'{path} is not a biogpt-train checkpoint (it has no trainer_state.json): '
-                              f'give a checkpoints/{CKPT_PREFIX}NNNNNN folder of a biogpt-train run')
+    if not path.is_dir():
+        raise CheckpointError(
+            f'no checkpoint folder at {path}: give a checkpoints/{CKPT_PREFIX}NNNNNN folder of a biogpt-train run'
+        )
+    if not (path / 'trainer_state.json').exists():
+        raise CheckpointError(
+            f'{path} is not a biogpt-train checkpoint (it has no trainer_state.json): '
+            f'give a checkpoints/{CKPT_PREFIX}NNNNNN folder of a biogpt-train run'
+        )
     parts = {'weights': ['model.safetensors', 'pytorch_model_fsdp*'], 'optimizer': ['optimizer*']}
-    missing = [k for k, pats in parts.items() if not any(any(path.glob(p)) for p in pats)]  # (FSDP names its files its own way)
-    if missing: raise CorruptCheckpointError(f'checkpoint {path} is incomplete (no {", ".join(missing)})')
-    try: return json.loads((path/'trainer_state.json').read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CorruptCheckpointError(f'checkpoint {path} is corrupt: trainer_state.json does not read ({e})') from None
+    missing = [
+        k for k, pats in parts.items() if not any(any(path.glob(p)) for p in pats)
+    ]  # (FSDP names its files its own way)
+    if missing:
+        raise CorruptCheckpointError(f'checkpoint {path} is incomplete (no {", ".join(missing)})')
+    try:
+        return json.loads((path / 'trainer_state.json').read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptCheckpointError(
+            f'checkpoint {path} is corrupt: trainer_state.json does not read ({e})'
+        ) from None
+
 
 def _check_file(f: Path):
     "Read every byte of a checkpoint file that can be checked without building a model; raise on the first fault."
     if f.suffix == '.safetensors':
-        with safe_open(f, 'pt') as st: st.keys()  # the header must parse and cover exactly the file's bytes
-    elif f.suffix in ('.bin', '.pkl', '.pt'):     # torch.save writes zip archives, whose members carry CRCs
+        with safe_open(f, 'pt') as st:
+            st.keys()  # the header must parse and cover exactly the file's bytes
+    elif f.suffix in ('.bin', '.pkl', '.pt'):  # torch.save writes zip archives, whose members carry CRCs
         with zipfile.ZipFile(f) as z:
-            if bad := z.testzip(): raise ValueError(f'{bad} fails its CRC check')
-    elif f.suffix == '.json': json.loads(f.read_text())
+            if bad := z.testzip():
+                raise ValueError(f'{bad} fails its CRC check')
+    elif f.suffix == '.json':
+        json.loads(f.read_text())
+
 
 def verify_checkpoint(path) -> dict:
     "The trainer state of checkpoint `path` once every file in it reads; `CorruptCheckpointError` naming the first that does not."
     state = read_trainer_state(path)
     for f in sorted(p for p in Path(path).iterdir() if p.is_file()):
-        try: _check_file(f)
-        except Exception as e: raise CorruptCheckpointError(f'checkpoint {path} is corrupt: {f.name} does not read ({type(e).__name__}: {e})') from None
+        try:
+            _check_file(f)
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f'checkpoint {path} is corrupt: {f.name} does not read ({type(e).__name__}: {e})'
+            ) from None
     return state
+
 
 @contextlib.contextmanager
 def shared_atomic_dir(accelerator: Accelerator, path):
@@ -319,53 +525,87 @@ def shared_atomic_dir(accelerator: Accelerator, path):
         yield tmp
         accelerator.wait_for_everyone()
 
+
 def clean_run_dir(run_dir):
     "Delete what killed runs left in `run_dir/checkpoints`: temporary and half-deleted folders."
-    folder = Path(run_dir)/'checkpoints'
+    folder = Path(run_dir) / 'checkpoints'
     for p in folder.glob('.*') if folder.exists() else []:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 # %% ../nbs/06_trainer.ipynb #831a7e3a
-_RUNTIME_KEYS = {'transformers_version', '_name_or_path', 'architectures', 'dtype', 'torch_dtype', 'use_cache'}
+_RUNTIME_KEYS = {
+    'transformers_version',
+    '_name_or_path',
+    'architectures',
+    'dtype',
+    'torch_dtype',
+    'use_cache',
+}
 _SAME_RUN_KEYS = ('seed', 'batch_size', 'seq_len', 'data')
+
 
 def config_diff(a: dict, b: dict, ignore=_RUNTIME_KEYS) -> dict:
     "Keys whose values differ between `a` and `b`: {key: (a's, b's)}."
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if k not in ignore and a.get(k) != b.get(k)}
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(a.keys() | b.keys())
+        if k not in ignore and a.get(k) != b.get(k)
+    }
+
 
 def check_resumable(state: dict, model_cfg: dict, cfg: TrainConfig, data_key: str, path):
     "Raise `CheckpointError` when checkpoint `state` comes from another model, data or run; warn on other changed settings."
     fix = 'resume with the configuration it was trained with (the same preset and overrides), or start a new run in another --run_dir'
-    model_cfg, now = (json.loads(json.dumps(c, default=str)) for c in (model_cfg, cfg.to_dict()))  # compare as saved in JSON
+    model_cfg, now = (
+        json.loads(json.dumps(c, default=str)) for c in (model_cfg, cfg.to_dict())
+    )  # compare as saved in JSON
     if diff := config_diff(state['model_config'], model_cfg):
-        raise CheckpointError(f'checkpoint {path} holds a different model: ' + '; '.join(f'{k}: {a} in the checkpoint, {b} now' for k, (a, b) in diff.items()) + f'. {fix}')
+        raise CheckpointError(
+            f'checkpoint {path} holds a different model: '
+            + '; '.join(f'{k}: {a} in the checkpoint, {b} now' for k, (a, b) in diff.items())
+            + f'. {fix}'
+        )
     diff = config_diff({k: state['config'][k] for k in _SAME_RUN_KEYS}, {k: now[k] for k in _SAME_RUN_KEYS})
-    if state['data_key'] != data_key: diff['token shards'] = (state['data_key'][:16], data_key[:16])
-    if diff: raise CheckpointError(f'checkpoint {path} is from another run ({", ".join(diff)} differ): {fix}')
+    if state['data_key'] != data_key:
+        diff['token shards'] = (state['data_key'][:16], data_key[:16])
+    if diff:
+        raise CheckpointError(f'checkpoint {path} is from another run ({", ".join(diff)} differ): {fix}')
     if diff := config_diff(state['config'], now):
         warnings.warn(f'resuming {path} with changed settings: {diff}')
 
 # %% ../nbs/06_trainer.ipynb #caf562fa
 class RunLog:
     "Append-only JSON-lines log of a run (written by the main process only)."
+
     def __init__(self, path, enabled: bool = True):
         self.path, self.enabled, self._f = Path(path), enabled, None
 
     def write(self, **record):
         "Append one record."
-        if not self.enabled: return
-        if self._f is None: self.path.parent.mkdir(parents=True, exist_ok=True); self._f = open(self.path, 'a', buffering=1)
+        if not self.enabled:
+            return
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, 'a', buffering=1)
         self._f.write(json.dumps(record) + '\n')
 
     def truncate(self, step: int):
         "Drop the records after `step`, atomically."
-        if not self.enabled or not self.path.exists(): return
+        if not self.enabled or not self.path.exists():
+            return
         self.close()
-        keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= step]
+        keep = [
+            l
+            for l in self.path.read_text().splitlines()
+            if l.strip() and json.loads(l).get('step', 0) <= step
+        ]
         atomic_write(self.path, ''.join(l + '\n' for l in keep))
 
     def close(self):
-        if self._f: self._f.close(); self._f = None
+        if self._f:
+            self._f.close()
+            self._f = None
+
 
 def read_log(path, kind: str | None = None) -> list[dict]:
     "The records of a JSONL run log, of one `kind` ('train', 'eval', 'error') or all."
@@ -376,42 +616,66 @@ def read_log(path, kind: str | None = None) -> list[dict]:
 class NonFiniteLossError(FloatingPointError):
     "Training produced a NaN or infinite loss or gradient."
 
+
 class Trainer:
     "Trains a causal LM on token shards with Accelerate: recipe, accumulation, evaluation, checkpoints and logs."
-    def __init__(self, cfg: TrainConfig, run_dir, shards: TokenShards | None = None, model: PreTrainedModel | None = None,
-                 resume: bool | str = False, verbose: bool = True):
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir,
+        shards: TokenShards | None = None,
+        model: PreTrainedModel | None = None,
+        resume: bool | str = False,
+        verbose: bool = True,
+    ):
         self.cfg, self.run_dir, self.verbose = cfg, Path(run_dir), verbose
         self.acc = make_accelerator(cfg, self.run_dir)
         self.accum = self.acc.gradient_accumulation_steps
-        with self.acc.main_process_first(): self.shards = shards or load_shards(cfg.data)
-        if model is None: model = build_model(cfg, self.shards.vocab_size)
+        with self.acc.main_process_first():
+            self.shards = shards or load_shards(cfg.data)
+        if model is None:
+            model = build_model(cfg, self.shards.vocab_size)
         elif model.config.vocab_size < self.shards.vocab_size:
-            raise ValueError(f"the model's vocab_size {model.config.vocab_size} is smaller than the data's {self.shards.vocab_size}")
+            raise ValueError(
+                f"the model's vocab_size {model.config.vocab_size} is smaller than the data's {self.shards.vocab_size}"
+            )
         self.params = count_params(model)
-        if cfg.grad_checkpointing: model.activation_checkpointing_enable(dict(use_reentrant=False))
+        if cfg.grad_checkpointing:
+            model.activation_checkpointing_enable(dict(use_reentrant=False))
         opt = make_optimizer(model, cfg)
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, lr_schedule(opt, cfg))
         self.acc.register_save_state_pre_hook(self._save_weights)
         self.acc.register_load_state_pre_hook(self._load_weights)
         set_seed(cfg.seed)  # dropout and any other randomness of the run
         self.step, self.tokens = 0, 0
-        self.log = RunLog(self.run_dir/'log.jsonl', enabled=self.acc.is_main_process)
-        if self.acc.is_main_process: clean_run_dir(self.run_dir)
+        self.log = RunLog(self.run_dir / 'log.jsonl', enabled=self.acc.is_main_process)
+        if self.acc.is_main_process:
+            clean_run_dir(self.run_dir)
         self._resume(resume)
 
     @property
-    def unwrapped(self) -> PreTrainedModel: return self.acc.unwrap_model(self.model)
+    def unwrapped(self) -> PreTrainedModel:
+        return self.acc.unwrap_model(self.model)
 
     def _save_weights(self, models, weights, output_dir):
-        for i, m in enumerate(models[:len(weights)]): weights[i] = self.acc.unwrap_model(m).state_dict()  # no DDP `module.` prefix
+        for i, m in enumerate(models[: len(weights)]):
+            weights[i] = self.acc.unwrap_model(m).state_dict()  # no DDP `module.` prefix
 
     def _load_weights(self, models, input_dir):
-        if len(models) and (Path(input_dir)/'model.safetensors').exists():
-            try: load_model(self.acc.unwrap_model(models[0]), Path(input_dir)/'model.safetensors', device=str(self.acc.device))
+        if len(models) and (Path(input_dir) / 'model.safetensors').exists():
+            try:
+                load_model(
+                    self.acc.unwrap_model(models[0]),
+                    Path(input_dir) / 'model.safetensors',
+                    device=str(self.acc.device),
+                )
             except RuntimeError as e:
-                raise CheckpointError(f'the weights in {input_dir} do not fit the model ({e}). A model pruned with torch.nn.utils.prune '
-                                      '(weight_orig and weight_mask) resumes only into a model pruned the same way, and an unpruned one only '
-                                      'into an unpruned one') from None
+                raise CheckpointError(
+                    f'the weights in {input_dir} do not fit the model ({e}). A model pruned with torch.nn.utils.prune '
+                    '(weight_orig and weight_mask) resumes only into a model pruned the same way, and an unpruned one only '
+                    'into an unpruned one'
+                ) from None
             models.clear()
 
 # %% ../nbs/06_trainer.ipynb #ba89c7f9
@@ -419,58 +683,86 @@ def _set_aside(path: Path) -> Path:
     "Rename corrupt checkpoint `path` to `corrupt-<name>` (numbered if taken), where no listing or rotation of checkpoints sees it."
     for n in range(1000):
         aside = path.with_name(f'corrupt-{path.name}' + (f'.{n}' if n else ''))
-        if not aside.exists(): os.replace(path, aside); return aside
+        if not aside.exists():
+            os.replace(path, aside)
+            return aside
     raise CheckpointError(f'too many corrupt copies of {path.name} beside it: inspect and remove them')
+
 
 @patch
 def _intact_checkpoint(self: Trainer) -> Path | None:
     "The newest checkpoint of the run folder whose files all read; corrupt newer ones are named and set aside."
     found, corrupt = None, []
     for path in reversed(checkpoints(self.run_dir)):
-        try: verify_checkpoint(path); found = path; break
-        except CorruptCheckpointError as e: corrupt.append((path, e))
+        try:
+            verify_checkpoint(path)
+            found = path
+            break
+        except CorruptCheckpointError as e:
+            corrupt.append((path, e))
     if corrupt and found is None:
-        raise CheckpointError(f'every checkpoint in {self.run_dir/"checkpoints"} is corrupt ({"; ".join(str(e) for _, e in corrupt)}): '
-                              'start a new run in another folder')
+        raise CheckpointError(
+            f'every checkpoint in {self.run_dir / "checkpoints"} is corrupt ({"; ".join(str(e) for _, e in corrupt)}): '
+            'start a new run in another folder'
+        )
     self.acc.wait_for_everyone()  # every process has read the folder before the main process renames anything in it
     if self.acc.is_main_process:
-        for path, e in corrupt: print(f'{e}: resuming from {found.name} instead; the corrupt checkpoint is kept as {_set_aside(path).name}')
+        for path, e in corrupt:
+            print(
+                f'{e}: resuming from {found.name} instead; the corrupt checkpoint is kept as {_set_aside(path).name}'
+            )
     self.acc.wait_for_everyone()
     return found
+
 
 @patch
 def _resume(self: Trainer, resume):
     path = self._intact_checkpoint() if resume is True else (Path(resume) if resume else None)
     if path is None:
         if latest_checkpoint(self.run_dir) is not None:
-            raise CheckpointError(f'{self.run_dir} already holds checkpoints (latest {latest_checkpoint(self.run_dir).name}): '
-                                  'pass resume=True (--resume) to continue that run, or choose another run folder')
+            raise CheckpointError(
+                f'{self.run_dir} already holds checkpoints (latest {latest_checkpoint(self.run_dir).name}): '
+                'pass resume=True (--resume) to continue that run, or choose another run folder'
+            )
         self.log.truncate(0)
         return
-    try: state = verify_checkpoint(path)
+    try:
+        state = verify_checkpoint(path)
     except CorruptCheckpointError as e:
-        raise CorruptCheckpointError(f'{e}: resume from another checkpoint, or with --resume to take the newest intact one') from None
+        raise CorruptCheckpointError(
+            f'{e}: resume from another checkpoint, or with --resume to take the newest intact one'
+        ) from None
     check_resumable(state, self.unwrapped.config.to_dict(), self.cfg, self.shards.meta['key'], path)
     self.acc.load_state(path)
     self.step, self.tokens = state['step'], state['tokens']
     self.log.truncate(self.step)
-    if self.verbose: self.acc.print(f'resumed {path} at step {self.step}')
+    if self.verbose:
+        self.acc.print(f'resumed {path} at step {self.step}')
+
 
 @patch
 def save(self: Trainer) -> Path:
     "Write a checkpoint of the current step atomically, then keep only the last `keep_last`."
-    path = self.run_dir/'checkpoints'/f'{CKPT_PREFIX}{self.step:06d}'
+    path = self.run_dir / 'checkpoints' / f'{CKPT_PREFIX}{self.step:06d}'
     with shared_atomic_dir(self.acc, path) as tmp:
         self.acc.save_state(tmp)
         if self.acc.is_main_process:
-            self.unwrapped.config.to_json_file(tmp/'config.json')
-            state = dict(step=self.step, tokens=self.tokens, config=self.cfg.to_dict(), model_config=self.unwrapped.config.to_dict(),
-                         data_key=self.shards.meta['key'], num_processes=self.acc.num_processes, time=time.time())
-            (tmp/'trainer_state.json').write_text(json.dumps(state, indent=1, default=str))
+            self.unwrapped.config.to_json_file(tmp / 'config.json')
+            state = dict(
+                step=self.step,
+                tokens=self.tokens,
+                config=self.cfg.to_dict(),
+                model_config=self.unwrapped.config.to_dict(),
+                data_key=self.shards.meta['key'],
+                num_processes=self.acc.num_processes,
+                time=time.time(),
+            )
+            (tmp / 'trainer_state.json').write_text(json.dumps(state, indent=1, default=str))
     if self.acc.is_main_process:
-        for old in checkpoints(self.run_dir)[:-max(1, self.cfg.keep_last)]:
+        for old in checkpoints(self.run_dir)[: -max(1, self.cfg.keep_last)]:
             trash = old.with_name(f'.{old.name}.deleting')
-            os.replace(old, trash); shutil.rmtree(trash)
+            os.replace(old, trash)
+            shutil.rmtree(trash)
     self.acc.wait_for_everyone()
     return path
 
@@ -484,7 +776,9 @@ def train_step(self: Trainer) -> dict:
     for k in range(self.accum):
         rows = micro_rows(k, cfg.micro_batch, acc.process_index, acc.num_processes)
         with acc.accumulate(self.model):
-            loss = lm_loss(self.model(input_ids=x[rows].to(acc.device), use_cache=False).logits, y[rows].to(acc.device))
+            loss = lm_loss(
+                self.model(input_ids=x[rows].to(acc.device), use_cache=False).logits, y[rows].to(acc.device)
+            )
             acc.backward(loss)
         total += loss.detach()
     loss = acc.reduce(total / self.accum, 'mean').item()
@@ -492,17 +786,27 @@ def train_step(self: Trainer) -> dict:
     if not math.isfinite(loss) or (acc.mixed_precision != 'fp16' and not math.isfinite(grad_norm)):
         self._non_finite(loss, grad_norm)
     lr = self.sched.get_last_lr()[0]
-    self.opt.step(); self.sched.step(); self.opt.zero_grad(set_to_none=True)
-    self.step += 1; self.tokens += cfg.tokens_per_step
+    self.opt.step()
+    self.sched.step()
+    self.opt.zero_grad(set_to_none=True)
+    self.step += 1
+    self.tokens += cfg.tokens_per_step
     return dict(step=self.step, loss=loss, lr=lr, grad_norm=grad_norm)
+
 
 @patch
 def _non_finite(self: Trainer, loss, grad_norm):
     last = latest_checkpoint(self.run_dir)
-    msg = (f'{"loss" if not math.isfinite(loss) else "gradient norm"} is {loss if not math.isfinite(loss) else grad_norm} at step {self.step + 1} '
-           f'(the batch of data position {self.step}); training stopped before the update, so no weight was touched. '
-           + (f'The last good checkpoint is {last} (step {read_trainer_state(last)["step"]}): ' if last else 'There is no checkpoint yet: ')
-           + 'lower the learning rate or lengthen the warm-up, then resume from it.')
+    msg = (
+        f'{"loss" if not math.isfinite(loss) else "gradient norm"} is {loss if not math.isfinite(loss) else grad_norm} at step {self.step + 1} '
+        f'(the batch of data position {self.step}); training stopped before the update, so no weight was touched. '
+        + (
+            f'The last good checkpoint is {last} (step {read_trainer_state(last)["step"]}): '
+            if last
+            else 'There is no checkpoint yet: '
+        )
+        + 'lower the learning rate or lengthen the warm-up, then resume from it.'
+    )
     self.log.write(kind='error', step=self.step + 1, loss=loss, grad_norm=grad_norm, message=msg)
     raise NonFiniteLossError(msg)
 
@@ -512,9 +816,12 @@ def log_eval(self: Trainer, max_tokens) -> dict:
     "Evaluate, log and return the validation metrics at the current step."
     t0 = time.perf_counter()
     ev = evaluate(self.model, self.shards, self.cfg.seq_len, self.cfg.eval_batch, max_tokens, self.acc)
-    self.log.write(kind='eval', step=self.step, tokens=self.tokens, seconds=round(time.perf_counter() - t0, 3), **ev)
+    self.log.write(
+        kind='eval', step=self.step, tokens=self.tokens, seconds=round(time.perf_counter() - t0, 3), **ev
+    )
     self.acc.log({f'val/{k}_{d}': v[k] for d, v in ev.items() for k in ('loss', 'bpb')}, step=self.step)
     return ev
+
 
 @patch
 def fit(self: Trainer, until: int | None = None, final: bool = True) -> dict:
@@ -522,33 +829,64 @@ def fit(self: Trainer, until: int | None = None, final: bool = True) -> dict:
     cfg, until = self.cfg, until or self.cfg.max_steps
     times = dict(train_s=0.0, eval_s=0.0, ckpt_s=0.0)
     start_step, main = self.step, self.acc.is_main_process
-    bar = tqdm(total=until, initial=self.step, desc=f'{cfg.arch} {cfg.d_model}x{cfg.n_layers}', unit='step',
-               disable=not (self.verbose and main), dynamic_ncols=True)
+    bar = tqdm(
+        total=until,
+        initial=self.step,
+        desc=f'{cfg.arch} {cfg.d_model}x{cfg.n_layers}',
+        unit='step',
+        disable=not (self.verbose and main),
+        dynamic_ncols=True,
+    )
     ev = None
     while self.step < until:
         t0 = time.perf_counter()
         r = self.train_step()
         dt = time.perf_counter() - t0
         times['train_s'] += dt
-        r.update(kind='train', tokens=self.tokens, tokens_per_s=round(cfg.tokens_per_step / dt, 1), step_s=round(dt, 4),
-                 peak_mem_mb=round(peak_memory_mb(self.acc.device), 1))
+        r.update(
+            kind='train',
+            tokens=self.tokens,
+            tokens_per_s=round(cfg.tokens_per_step / dt, 1),
+            step_s=round(dt, 4),
+            peak_mem_mb=round(peak_memory_mb(self.acc.device), 1),
+        )
         self.log.write(**r)
-        self.acc.log({'train/loss': r['loss'], 'train/lr': r['lr'], 'train/tokens_per_s': r['tokens_per_s']}, step=self.step)
-        bar.set_postfix(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.1e}", tok_s=f"{r['tokens_per_s']:,.0f}", refresh=False); bar.update()
+        self.acc.log(
+            {'train/loss': r['loss'], 'train/lr': r['lr'], 'train/tokens_per_s': r['tokens_per_s']},
+            step=self.step,
+        )
+        bar.set_postfix(
+            loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.1e}", tok_s=f"{r['tokens_per_s']:,.0f}", refresh=False
+        )
+        bar.update()
         last = self.step == until and final
         t0 = time.perf_counter()
-        if cfg.eval_every and self.step % cfg.eval_every == 0 and not last: ev = self.log_eval(cfg.eval_tokens)
-        times['eval_s'] += time.perf_counter() - t0; t0 = time.perf_counter()
-        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last: self.save()
+        if cfg.eval_every and self.step % cfg.eval_every == 0 and not last:
+            ev = self.log_eval(cfg.eval_tokens)
+        times['eval_s'] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last:
+            self.save()
         times['ckpt_s'] += time.perf_counter() - t0
     bar.close()
     if final:
-        t0 = time.perf_counter(); ev = self.log_eval(cfg.final_eval_tokens); times['eval_s'] += time.perf_counter() - t0
-        t0 = time.perf_counter(); self.save(); times['ckpt_s'] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev = self.log_eval(cfg.final_eval_tokens)
+        times['eval_s'] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.save()
+        times['ckpt_s'] += time.perf_counter() - t0
     steps = self.step - start_step
-    return dict(step=self.step, tokens=self.tokens, steps_run=steps, eval=ev, params=self.params,
-                tokens_per_s=steps * cfg.tokens_per_step / times['train_s'] if steps else None,
-                peak_mem_mb=peak_memory_mb(self.acc.device), timings={k: round(v, 2) for k, v in times.items()})
+    return dict(
+        step=self.step,
+        tokens=self.tokens,
+        steps_run=steps,
+        eval=ev,
+        params=self.params,
+        tokens_per_s=steps * cfg.tokens_per_step / times['train_s'] if steps else None,
+        peak_mem_mb=peak_memory_mb(self.acc.device),
+        timings={k: round(v, 2) for k, v in times.items()},
+    )
 
 # %% ../nbs/06_trainer.ipynb #e33e7cb0
 def run_summary(log_path, trainer: Trainer) -> dict:
@@ -556,67 +894,135 @@ def run_summary(log_path, trainer: Trainer) -> dict:
     steps, evals = read_log(log_path, 'train'), read_log(log_path, 'eval')
     train_s = sum(r['step_s'] for r in steps)
     final = evals[-1] if evals else {}
-    return dict(steps=trainer.step, tokens=trainer.tokens, params=trainer.params, num_processes=trainer.acc.num_processes,
-                precision=trainer.acc.mixed_precision, train_s=round(train_s, 1), tokens_per_s=round(trainer.tokens / train_s, 1) if train_s else None,
-                final_train_loss=sum(r['loss'] for r in steps[-10:]) / max(1, len(steps[-10:])),
-                peak_mem_mb=max((r['peak_mem_mb'] for r in steps), default=None),
-                eval={d: v for d, v in final.items() if isinstance(v, dict)})
+    return dict(
+        steps=trainer.step,
+        tokens=trainer.tokens,
+        params=trainer.params,
+        num_processes=trainer.acc.num_processes,
+        precision=trainer.acc.mixed_precision,
+        train_s=round(train_s, 1),
+        tokens_per_s=round(trainer.tokens / train_s, 1) if train_s else None,
+        final_train_loss=sum(r['loss'] for r in steps[-10:]) / max(1, len(steps[-10:])),
+        peak_mem_mb=max((r['peak_mem_mb'] for r in steps), default=None),
+        eval={d: v for d, v in final.items() if isinstance(v, dict)},
+    )
 
-def train(cfg: TrainConfig, run_dir, name: str | None = None, resume: bool | str = False, results=None, command: str = 'biogpt-train',
-          shards: TokenShards | None = None, model: PreTrainedModel | None = None, verbose: bool = True, model_dir=None) -> dict:
+
+def train(
+    cfg: TrainConfig,
+    run_dir,
+    name: str | None = None,
+    resume: bool | str = False,
+    results=None,
+    command: str = 'biogpt-train',
+    shards: TokenShards | None = None,
+    model: PreTrainedModel | None = None,
+    verbose: bool = True,
+    model_dir=None,
+) -> dict:
     """Train `cfg` (or the given `model` with `cfg`'s recipe) to the end in `run_dir`; with a `name`, record `results/<name>.json` and the log
     as `results/<name>.jsonl`; with a `model_dir`, write the final model there as a self-contained folder (`write_model_folder`)."""
     t0 = time.perf_counter()
     tr = Trainer(cfg, run_dir, shards=shards, model=model, resume=resume, verbose=verbose)
     tr.fit()
     tr.log.close()
-    summary = run_summary(tr.run_dir/'log.jsonl', tr)
+    summary = run_summary(tr.run_dir / 'log.jsonl', tr)
     if name and tr.acc.is_main_process:
-        folder = Path(results or repo_root()/'results'); folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tr.run_dir/'log.jsonl', folder/f'{name}.jsonl')
-        save_result(name, {**summary, 'log': f'{name}.jsonl', 'run_dir': str(tr.run_dir)}, command=command,
-                    config={**cfg.to_dict(), 'model_config': tr.unwrapped.config.to_diff_dict()}, seeds=[cfg.seed],
-                    timings=dict(wall_s=round(time.perf_counter() - t0, 1), train_s=summary['train_s']), folder=folder)
+        folder = Path(results or repo_root() / 'results')
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tr.run_dir / 'log.jsonl', folder / f'{name}.jsonl')
+        save_result(
+            name,
+            {**summary, 'log': f'{name}.jsonl', 'run_dir': str(tr.run_dir)},
+            command=command,
+            config={**cfg.to_dict(), 'model_config': tr.unwrapped.config.to_diff_dict()},
+            seeds=[cfg.seed],
+            timings=dict(wall_s=round(time.perf_counter() - t0, 1), train_s=summary['train_s']),
+            folder=folder,
+        )
     if model_dir and tr.acc.is_main_process:
-        card = model_card(tr.unwrapped, cfg, tr.step, tr.tokens, summary['eval'], source=f'run {tr.run_dir.name}')
+        card = model_card(
+            tr.unwrapped, cfg, tr.step, tr.tokens, summary['eval'], source=f'run {tr.run_dir.name}'
+        )
         write_model_folder(tr.unwrapped, tr.shards.tokenizer(), model_dir, card)
     tr.acc.end_training()
     return summary
 
 # %% ../nbs/06_trainer.ipynb #5a1b2c02
-def model_card(model: PreTrainedModel, cfg: TrainConfig, steps: int, tokens: int, evaluation: dict, source: str) -> str:
+def model_card(
+    model: PreTrainedModel, cfg: TrainConfig, steps: int, tokens: int, evaluation: dict, source: str
+) -> str:
     "A Hugging Face model card (README.md): what the model is, how to load it, its training recipe and budget, its evaluation."
-    counts, remote = count_params(model), ', trust_remote_code=True' if type(model)._auto_class else ''  # (set by register_for_auto_class)
-    return '\n'.join([
-        '---', 'library_name: transformers', 'pipeline_tag: text-generation', f'tags: [{model.config.model_type}, biogpt]', '---', '',
-        f'# {model.config.model_type}: {counts["total"]:,} parameters ({counts["non_embedding"]:,} non-embedding)', '',
-        f'Trained with the `biogpt` library from `{source}`: {steps:,} steps, {tokens:,} tokens '
-        f'({tokens / counts["non_embedding"]:.2f} tokens per non-embedding parameter).', '',
-        '## Use', '', '```python', 'from transformers import AutoModelForCausalLM, AutoTokenizer',
-        f'tokenizer = AutoTokenizer.from_pretrained(folder{remote})', f'model = AutoModelForCausalLM.from_pretrained(folder{remote})', '```', '',
-        '## Training configuration', '', '| field | value |', '|---|---|', *(f'| {k} | `{v}` |' for k, v in cfg.to_dict().items()), '',
-        '## Evaluation', '', 'Validation split of the training data (held out), per domain: loss in nats per token, perplexity, bits per byte.', '',
-        '| domain | loss | ppl | bpb | tokens |', '|---|---|---|---|---|',
-        *(f"| {d} | {v['loss']:.4f} | {v['ppl']:.2f} | {v['bpb']:.4f} | {v['tokens']:,} |" for d, v in evaluation.items()), ''])
+    counts, remote = (
+        count_params(model),
+        ', trust_remote_code=True' if type(model)._auto_class else '',
+    )  # (set by register_for_auto_class)
+    return '\n'.join(
+        [
+            '---',
+            'library_name: transformers',
+            'pipeline_tag: text-generation',
+            f'tags: [{model.config.model_type}, biogpt]',
+            '---',
+            '',
+            f'# {model.config.model_type}: {counts["total"]:,} parameters ({counts["non_embedding"]:,} non-embedding)',
+            '',
+            f'Trained with the `biogpt` library from `{source}`: {steps:,} steps, {tokens:,} tokens '
+            f'({tokens / counts["non_embedding"]:.2f} tokens per non-embedding parameter).',
+            '',
+            '## Use',
+            '',
+            '```python',
+            'from transformers import AutoModelForCausalLM, AutoTokenizer',
+            f'tokenizer = AutoTokenizer.from_pretrained(folder{remote})',
+            f'model = AutoModelForCausalLM.from_pretrained(folder{remote})',
+            '```',
+            '',
+            '## Training configuration',
+            '',
+            '| field | value |',
+            '|---|---|',
+            *(f'| {k} | `{v}` |' for k, v in cfg.to_dict().items()),
+            '',
+            '## Evaluation',
+            '',
+            'Validation split of the training data (held out), per domain: loss in nats per token, perplexity, bits per byte.',
+            '',
+            '| domain | loss | ppl | bpb | tokens |',
+            '|---|---|---|---|---|',
+            *(
+                f"| {d} | {v['loss']:.4f} | {v['ppl']:.2f} | {v['bpb']:.4f} | {v['tokens']:,} |"
+                for d, v in evaluation.items()
+            ),
+            '',
+        ]
+    )
+
 
 def write_model_folder(model: PreTrainedModel, tokenizer, out, card: str) -> Path:
     "Write `model` (config, weights, generation config, modeling code), its `tokenizer` and model `card` to folder `out`, atomically."
     gen = model.generation_config
     gen.bos_token_id, gen.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    gen.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    tokenizer.model_max_length = model.config.max_position_embeddings  # the model's context, not the tokenizer's unbounded default
+    gen.pad_token_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    tokenizer.model_max_length = (
+        model.config.max_position_embeddings
+    )  # the model's context, not the tokenizer's unbounded default
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp/'README.md').write_text(card)
+        (tmp / 'README.md').write_text(card)
     return Path(out)
+
 
 def _folded_weights(path: Path) -> dict:
     "The weights of a checkpoint, with the masks of `torch.nn.utils.prune` folded in (`w = w_orig * w_mask`) where it has them."
-    weights = load_file(path/'model.safetensors')
+    weights = load_file(path / 'model.safetensors')
     for k in [k for k in weights if k.endswith('_orig')]:
         weights[k.removesuffix('_orig')] = weights.pop(k) * weights.pop(k.removesuffix('_orig') + '_mask')
     return weights
+
 
 def export_checkpoint(checkpoint, out) -> Path:
     "Write trainer `checkpoint` (a pruned one too) as a self-contained model folder `out`, with its evaluation in the model card."
@@ -624,108 +1030,76 @@ def export_checkpoint(checkpoint, out) -> Path:
     state = verify_checkpoint(checkpoint)
     cfg = TrainConfig(**{**state['config'], 'betas': tuple(state['config']['betas'])})
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint))
-    try: model.load_state_dict(_folded_weights(checkpoint))
-    except RuntimeError as e: raise CheckpointError(f'the weights in {checkpoint} do not fit its own config.json ({e})') from None
+    try:
+        model.load_state_dict(_folded_weights(checkpoint))
+    except RuntimeError as e:
+        raise CheckpointError(f'the weights in {checkpoint} do not fit its own config.json ({e})') from None
     shards = load_shards(cfg.data)
     evaluation = evaluate(model.eval(), shards, cfg.seq_len, cfg.eval_batch, cfg.final_eval_tokens)
-    card = model_card(model, cfg, state['step'], state['tokens'], evaluation, source=f'checkpoint {checkpoint.name}')
+    card = model_card(
+        model, cfg, state['step'], state['tokens'], evaluation, source=f'checkpoint {checkpoint.name}'
+    )
     return write_model_folder(model, shards.tokenizer(), out, card)
-
-# %% ../nbs/06_trainer.ipynb #26f5212a
-def bare_steps(model, opt, batches, accum: int, micro_batch: int, grad_clip: float, precision: str) -> list[float]:
-    "Seconds per step of a bare loop over `batches`: forward, loss, backward, clipping and AdamW step, nothing else."
-    device, times = next(model.parameters()).device, []
-    for x, y in batches:
-        t0 = time.perf_counter()
-        for k in range(accum):
-            rows = micro_rows(k, micro_batch)
-            with torch.autocast(device.type, torch.bfloat16, enabled=precision == 'bf16'):
-                logits = model(input_ids=x[rows], use_cache=False).logits
-            (lm_loss(logits, y[rows]) / accum).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        if device.type == 'cuda': torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return times
-
-def _bare(cfg, shards, device):
-    model = build_model(cfg, shards.vocab_size).to(device).train()
-    return model, make_optimizer(model, cfg)
-
-def _alternate(blocks: int, runs: dict) -> dict[str, list[float]]:
-    "Seconds of each of `runs` (name: function returning its seconds) over `blocks` blocks, the order flipping every block."
-    names, times = list(runs), {k: [] for k in runs}
-    for b in range(blocks):
-        for k in (names if b % 2 == 0 else names[::-1]): times[k].append(runs[k]())
-    return times
-
-def bench_trainer(cfg: TrainConfig, blocks: int = 6, steps: int = 3, shards: TokenShards | None = None) -> dict:
-    "Seconds per step of the trainer and of a bare loop, in alternating blocks; on a CPU also bare-loop float32 vs bf16 autocast."
-    cfg = dataclasses.replace(cfg, eval_every=0, ckpt_every=0, tensorboard=False)
-    with tempfile.TemporaryDirectory() as run_dir:
-        tr = Trainer(cfg, run_dir, shards=shards, verbose=False)
-        prec, device = tr.acc.mixed_precision, tr.acc.device
-        batches = lambda s: [tuple(t.to(device) for t in tr.shards.sample(i, cfg.batch_size, cfg.seq_len, seed=cfg.seed)) for i in range(s, s + steps)]
-        def bare(p=prec, m=_bare(cfg, tr.shards, device)): return sum(bare_steps(*m, batches(tr.step), tr.accum, cfg.micro_batch, cfg.grad_clip, p))
-        def trainer():
-            t0 = time.perf_counter(); tr.fit(until=tr.step + steps, final=False); return time.perf_counter() - t0
-        bare(); trainer()  # warm-up: allocator, autocast caches, first-step optimizer state
-        t = _alternate(blocks, dict(bare=bare, trainer=trainer))
-        ratios = [a / b for a, b in zip(t['trainer'], t['bare'])]
-        out = dict(steps_per_block=steps, blocks=blocks, precision=prec, tokens_per_step=cfg.tokens_per_step, params=tr.params,
-                   bare_s_per_step=sum(t['bare']) / (blocks * steps), trainer_s_per_step=sum(t['trainer']) / (blocks * steps),
-                   block_ratios=ratios, overhead=sum(t['trainer']) / sum(t['bare']) - 1, overhead_median=statistics.median(ratios) - 1)
-        if device.type == 'cpu':
-            runs = {p: partial(bare, p, _bare(cfg, tr.shards, device)) for p in ('no', 'bf16')}
-            for f in runs.values(): f()  # warm-up
-            t = {p: sum(v) for p, v in _alternate(blocks, runs).items()}
-            out['cpu_precision'] = {('fp32' if p == 'no' else p) + '_tokens_per_s': blocks * steps * cfg.tokens_per_step / v for p, v in t.items()}
-            out['cpu_precision']['bf16_speedup'] = t['no'] / t['bf16']
-        tr.log.close()
-    return out
 
 # %% ../nbs/06_trainer.ipynb #209fd3d1
 def _command(argv=None) -> str:
     argv = sys.argv[1:] if argv is None else argv
     n = process_state().num_processes
-    return perf_env() + (f'accelerate launch --num_processes {n} -m biogpt.trainer ' if n > 1 else 'biogpt-train ') + ' '.join(argv)
+    return (
+        perf_env()
+        + (f'accelerate launch --num_processes {n} -m biogpt.trainer ' if n > 1 else 'biogpt-train ')
+        + ' '.join(argv)
+    )
 
-def run_preset(preset: str = 'cpu', arch: str = 'biogpt', run_dir=None, resume: bool = False, name: str | None = None, results=None,
-               record: bool = True, bench: bool = False, **overrides) -> dict:
-    "Train preset `preset` of `arch` (with TrainConfig `overrides`), print and record `results/<name>.json`; with `bench`, measure the trainer's overhead instead."
+
+def run_preset(
+    preset: str = 'cpu',
+    arch: str = 'biogpt',
+    run_dir=None,
+    resume: bool = False,
+    name: str | None = None,
+    results=None,
+    record: bool = True,
+    **overrides,
+) -> dict:
+    "Train preset `preset` of `arch` (with TrainConfig `overrides`), print and record `results/<name>.json`."
     cfg = get_preset(preset, arch, **overrides)
-    if bench:
-        r = bench_trainer(cfg)
-        print(f"{cfg.arch} {cfg.d_model}x{cfg.n_layers}, {r['params']['total'] / 1e6:.1f}M parameters, {r['tokens_per_step']:,} tokens per step, {r['precision']}")
-        print(f"bare loop {r['bare_s_per_step']:.3f} s/step, trainer {r['trainer_s_per_step']:.3f} s/step: overhead {r['overhead']:+.1%} "
-              f"(target <= 5%: {'met' if r['overhead'] <= 0.05 else 'MISSED'}); median of blocks {r['overhead_median']:+.1%}, "
-              f"per block {', '.join(f'{x - 1:+.1%}' for x in r['block_ratios'])}")
-        if p := r.get('cpu_precision'):
-            print(f"bare loop on CPU: fp32 {p['fp32_tokens_per_s']:,.0f} tokens/s, bf16 autocast {p['bf16_tokens_per_s']:,.0f} tokens/s (x{p['bf16_speedup']:.2f})")
-        if record: save_result(name or 'trainer_bench', r, command=_command(), config=cfg.to_dict(), seeds=[cfg.seed], folder=results,
-                               timings=dict(bare_s_per_step=r['bare_s_per_step'], trainer_s_per_step=r['trainer_s_per_step']))
-        return r
     name = name or run_name(preset, arch)
-    run_dir = Path(run_dir or biogpt_home()/'runs'/name)
-    s = train(cfg, run_dir, name=name if record else None, resume=resume, results=results, command=_command(), model_dir=run_dir/'model')
+    run_dir = Path(run_dir or biogpt_home() / 'runs' / name)
+    s = train(
+        cfg,
+        run_dir,
+        name=name if record else None,
+        resume=resume,
+        results=results,
+        command=_command(),
+        model_dir=run_dir / 'model',
+    )
     if process_state().is_main_process:
-        print(f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tokens_per_s']:,.0f} tokens/s; peak memory {s['peak_mem_mb']:,.0f} MiB")
+        print(
+            f"{s['steps']} steps, {s['tokens']:,} tokens at {s['tokens_per_s']:,.0f} tokens/s; peak memory {s['peak_mem_mb']:,.0f} MiB"
+        )
         print(pd.DataFrame(s['eval']).T[['loss', 'ppl', 'bpb', 'tokens']].round(4).to_string())
     return s
 
+
 @call_parse
-def train_cli(preset: str = 'cpu',  # tiny, cpu, gpu-small or paper
-              arch: str = 'biogpt',  # model type: biogpt or gpt_neox
-              run_dir: str = None,  # checkpoints and log.jsonl (default: $BIOGPT_HOME/runs/<name>)
-              resume: bool = False,  # continue from the latest checkpoint in run_dir
-              max_steps: int = None,  # train this many steps instead of the preset's
-              overrides: str = None,  # other TrainConfig fields as JSON, e.g. '{"lr": 1e-3, "model_kwargs": {"n_passes": 2}}'
-              name: str = None,  # results name (default train_<preset>, with _<arch> for another arch)
-              results: str = None,  # folder of the results files (default: the repository's results/)
-              no_results: bool = False,  # do not write results files
-              bench: bool = False):  # measure the trainer's overhead over a bare loop instead of training
-    "Train a preset with the published recipe and record its results; or, with --bench, measure the trainer's overhead."
+def train_cli(
+    preset: str = 'cpu',  # tiny, cpu, gpu-small or paper
+    arch: str = 'biogpt',  # model type: biogpt or gpt_neox
+    run_dir: str = None,  # checkpoints and log.jsonl (default: $BIOGPT_HOME/runs/<name>)
+    resume: bool = False,  # continue from the latest checkpoint in run_dir
+    max_steps: int = None,  # train this many steps instead of the preset's
+    overrides: str = None,  # other TrainConfig fields as JSON, e.g. '{"lr": 1e-3, "model_kwargs": {"n_passes": 2}}'
+    name: str = None,  # results name (default train_<preset>, with _<arch> for another arch)
+    results: str = None,  # folder of the results files (default: the repository's results/)
+    no_results: bool = False,
+):  # do not write results files
+    "Train a preset with the published recipe and record its results."
     with user_errors(invoked_as('biogpt-train', 'biogpt.trainer')):
         over = json_option(overrides, '--overrides')
-        if max_steps: over['max_steps'] = max_steps
-        run_preset(preset, arch, run_dir, resume, name, results, record=not no_results, bench=bench, **over)  # (returns nothing: a console script exits with its return value)
+        if max_steps:
+            over['max_steps'] = max_steps
+        run_preset(
+            preset, arch, run_dir, resume, name, results, record=not no_results, **over
+        )  # (returns nothing: a console script exits with its return value)
