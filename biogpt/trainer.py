@@ -376,9 +376,7 @@ def evaluate(
     return out
 
 # %% ../nbs/06_trainer.ipynb #423a756b
-CPU_PRECISION = (
-    'bf16'  # measured: bf16 autocast trains the cpu preset faster than fp32 on this CPU (see the benchmark)
-)
+CPU_PRECISION = 'bf16'  # measured: bf16 autocast trains the cpu preset faster than fp32 on this CPU (`bench_trainer`, in the benchmarks chapter)
 
 
 def resolve_precision(mixed_precision: str, device) -> str:
