@@ -410,6 +410,7 @@ def findings(rows: list[dict], tokens: int) -> list[str]:
                 )
                 + '.'
             )
+    lines += [_size_or_mechanism(e, k.removesuffix('@matched')) for k in e.index if k.endswith('@matched')]
     r = ranking(rows, tokens)
     if r['spearman'] is not None:
         lines.append(
@@ -417,6 +418,21 @@ def findings(rows: list[dict], tokens: int) -> list[str]:
             f"({', '.join(r['ours'])}): Spearman correlation {r['spearman']:+.2f} over {r['n']} configurations."
         )
     return lines
+
+
+def _size_or_mechanism(e: pd.DataFrame, name: str) -> str:
+    "What the matched twin of ablation `name` says: is its effect its parameter count's, or its mechanism's?"
+    a, m = e.loc[name], e.loc[f'{name}@matched']
+    said = lambda r: f"{r.verdict} ({r.difference:+.4f} bpb at {r.params:.2f}x parameters)"
+    if SAY['untested'] in (a.verdict, m.verdict):
+        reading = 'one seed: no reading yet'
+    elif a.verdict == m.verdict:
+        reading = 'the same at matched size, so the effect is the change itself, not the parameters it adds or removes'
+    elif m.verdict == SAY['equal']:
+        reading = 'no difference at matched size, so the effect is the parameter count, not the mechanism'
+    else:
+        reading = 'matching the size changes the verdict'
+    return f"Size or mechanism, {name}: as ablated, {said(a)}; matched in size, {said(m)}: {reading}."
 
 # %% ../nbs/10_ablations.ipynb #c303634c
 def plot_ablations(rows: list[dict], tokens: int, path=None):
@@ -517,8 +533,8 @@ def ablations_cli(
     shard: str = '0/1',  # this worker's share of the runs, i/n (run n workers with 0/n ... n-1/n)
     report_only: bool = False,  # write results/ablations.json from the rows so far, and run nothing
     name: str = 'ablations',  # results name
-    results: str = None,
-):  # folder of the results file (default: the repository's results/)
+    results: str = None,  # folder of the results file (default: the repository's results/)
+):
     "Run or resume the ablation matrix (every ablation x budget x seed), then record its report in results/<name>.json."
     prog = invoked_as('biogpt-ablations', 'biogpt.ablations')
     command = perf_env() + prog + ' ' + shlex.join(sys.argv[1:])

@@ -484,8 +484,8 @@ def bench_cli(
     rounds: int = 3,  # model: rounds, the models alternating
     blocks: int = 6,  # trainer: blocks of steps, the trainer and the bare loop alternating
     results: str = None,  # folder of the results files (default: the repository's results/)
-    no_results: bool = False,
-):  # print only
+    no_results: bool = False,  # print only
+):
     "Benchmark the model or the trainer on this machine and record the result; or run the published configuration once."
     with user_errors(invoked_as('biogpt-bench', 'biogpt.bench')):
         if what not in BENCHES:

@@ -46,8 +46,8 @@ def run_data(
 @call_parse
 def main(
     study: bool = False,  # the whole comparison study (3 seeds at the main size, a pair at the large size), resumable
-    data_only: bool = False,
-):  # stop after stage 1
+    data_only: bool = False,  # stop after stage 1
+):
     "Run the project on the embedded default data: build the data, then compare BioGPT with its Pythia twin (train, prune, verdict)."
     with user_errors('biogpt'):
         run_data(COMPARISON_DATA['tokenizer'], COMPARISON_DATA['vocab_size'], COMPARISON_DATA['scale'])
@@ -63,8 +63,8 @@ def main(
 @call_parse
 def export_cli(
     checkpoint: str,  # a trainer checkpoint: <run_dir>/checkpoints/step-NNNNNN
-    out: str,
-):  # the model folder to write
+    out: str,  # the model folder to write
+):
     "Write a trainer checkpoint (a pruned one too) as a self-contained Hugging Face model folder with a model card."
     with user_errors('biogpt-export'):
         print(

@@ -978,8 +978,8 @@ def data_cli(
     vocab_size: int = 8192,  # vocabulary of a trained BPE
     scale: float = 1.0,  # fraction of the default corpus size
     rebuild: bool = False,  # build the shards again even if cached
-    bench: bool = False,
-):  # benchmark the build and sampling instead
+    bench: bool = False,  # benchmark the build and sampling instead
+):
     "Build (or find) the default corpus, tokenizer and token shards, and print the per-domain table."
     with user_errors(invoked_as('biogpt-data', 'biogpt.data')):
         if bench:

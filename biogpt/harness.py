@@ -137,8 +137,8 @@ def compare(
 @call_parse
 def harness_cli(
     preset: str = 'cpu',  # the preset whose BioGPT and GPT-NeoX runs to evaluate (biogpt-train --preset P, with --arch gpt_neox)
-    batch_size: int = 8,
-):  # documents per forward pass, in both evaluations
+    batch_size: int = 8,  # documents per forward pass, in both evaluations
+):
     "Evaluate the final models of a preset's BioGPT and GPT-NeoX runs with lm-evaluation-harness and with the library; writes results/lm_eval.json."
     with user_errors('python -m biogpt.harness'):
         t0, cfg = time.perf_counter(), get_preset(preset)

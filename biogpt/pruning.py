@@ -739,8 +739,8 @@ def prune_cli(
     steps: int = None,  # fine-tuning steps after pruning (default: the recipe's warm-up length)
     eval_tokens: int = None,  # validation tokens per domain for every evaluation (default: the recipe's final_eval_tokens)
     name: str = 'pruning',  # results name
-    results: str = None,
-):  # folder of the results file (default: the repository's results/)
+    results: str = None,  # folder of the results file (default: the repository's results/)
+):
     "Sparsity curve, apoptosis, masked fine-tuning, structured pruning and inference speed of a trained BioGPT; writes results/<name>.json."
     prog = invoked_as('biogpt-prune', 'biogpt.pruning')
     with user_errors(prog):

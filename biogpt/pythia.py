@@ -918,8 +918,8 @@ def pythia_cli(
     checkpoint: str = None,  # evaluate and prune a real checkpoint instead: a Hub name (EleutherAI/pythia-160m) or a local folder
     revision: str = PUBLISHED_PYTHIA[1],  # the checkpoint's revision (the published study: step1000)
     name: str = None,  # results name (default: pythia, pythia_study or pythia_checkpoint)
-    results: str = None,
-):  # folder of the results file (default: the repository's results/)
+    results: str = None,  # folder of the results file (default: the repository's results/)
+):
     "BioGPT against its Pythia twin: the main job, the whole study (--study), or a real Pythia checkpoint (--checkpoint)."
     prog = invoked_as('biogpt-pythia', 'biogpt.pythia')
     command = perf_env() + prog + ' ' + shlex.join(sys.argv[1:])

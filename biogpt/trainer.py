@@ -1091,8 +1091,8 @@ def train_cli(
     overrides: str = None,  # other TrainConfig fields as JSON, e.g. '{"lr": 1e-3, "model_kwargs": {"n_passes": 2}}'
     name: str = None,  # results name (default train_<preset>, with _<arch> for another arch)
     results: str = None,  # folder of the results files (default: the repository's results/)
-    no_results: bool = False,
-):  # do not write results files
+    no_results: bool = False,  # do not write results files
+):
     "Train a preset with the published recipe and record its results."
     with user_errors(invoked_as('biogpt-train', 'biogpt.trainer')):
         over = json_option(overrides, '--overrides')
