@@ -1,6 +1,6 @@
 """The project's tests, as nbdev's own CI action runs them, offline.
 
-1. notebooks are clean (`nbdev_clean` changes nothing);
+1. notebooks are clean (`nbdev_clean` changes nothing) and their code is formatted (`ruff format --check nbs`: about 110 columns);
 2. the library is in sync (`nbdev_export` changes nothing in `biogpt/`);
 3. README.md is in sync with `nbs/index.ipynb`, and `.ci/run` runs exactly its test command;
 4. every relative link between pages resolves and every figure a page names exists; the docs inputs are complete
@@ -33,6 +33,11 @@ def check_clean():
     before = snapshot('nbs')
     subprocess.run(['nbdev_clean'], check=True)
     if diff := changed(before, snapshot('nbs')): raise AssertionError(f'nbdev_clean changed {diff}: run `nbdev_clean` and commit')
+
+
+def check_format():
+    r = subprocess.run(['ruff', 'format', '--check', 'nbs'], capture_output=True, text=True)
+    if r.returncode: raise AssertionError(f'{r.stdout.strip()}: run `ruff format nbs` (and `nbdev_export`) and commit')
 
 
 def check_export():
@@ -111,7 +116,7 @@ def main():
     from biogpt.core import versions
     print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions().items()), flush=True)
     results = []
-    for name, check in [('notebooks are clean', check_clean), ('library is in sync', check_export),
+    for name, check in [('notebooks are clean', check_clean), ('code is formatted', check_format), ('library is in sync', check_export),
                         ('README is in sync', check_readme), ('CI runs the README test command', check_ci),
                         ('links between pages and to figures resolve', check_links), ('docs inputs and nbdev processing', check_docs)]:
         t = time.time()
