@@ -18,7 +18,12 @@ __all__ = ['run_data', 'main', 'export_cli']
 
 # %% ../nbs/11_cli.ipynb #c7f141db
 def run_data(
-    tokenizer: str = 'auto', vocab_size: int = 8192, scale: float = 1.0, home=None, results=None
+    tokenizer: str = 'auto',
+    vocab_size: int = 8192,
+    scale: float = 1.0,
+    home=None,
+    results=None,
+    command: str = 'biogpt',
 ) -> dict:
     "Stage 1: build or find the default data; print and record its per-domain table."
     t0 = time.perf_counter()
@@ -34,7 +39,7 @@ def run_data(
             tokenizer=shards.meta['tokenizer'],
             shards=shards.root.name,
         ),
-        command='biogpt',
+        command=command,
         config=dict(tokenizer=tokenizer, vocab_size=vocab_size, scale=scale),
         seeds=[0],
         timings=dict(data_s=round(seconds, 2)),
@@ -45,12 +50,13 @@ def run_data(
 # %% ../nbs/11_cli.ipynb #e6fe8313
 @call_parse
 def main(
-    study: bool = False,  # the whole comparison study (3 seeds at the main size, a pair at the large size), resumable
+    study: bool = False,  # the whole comparison study (`STUDY`: seeds at the main size, a pair at the large size), resumable
     data_only: bool = False,  # stop after stage 1
 ):
     "Run the project on the embedded default data: build the data, then compare BioGPT with its Pythia twin (train, prune, verdict)."
     with user_errors('biogpt'):
-        run_data(COMPARISON_DATA['tokenizer'], COMPARISON_DATA['vocab_size'], COMPARISON_DATA['scale'])
+        data = COMPARISON_DATA['tokenizer'], COMPARISON_DATA['vocab_size'], COMPARISON_DATA['scale']
+        run_data(*data, command='biogpt --data_only' if data_only else 'biogpt' + ' --study' * study)
         if data_only:
             return
         compare(
