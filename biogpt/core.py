@@ -14,8 +14,8 @@ import torch
 __all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'MODEL_MODULES', 'RESULT_MODULES', 'biogpt_home', 'repo_root', 'atomic_write',
            'atomic_dir', 'git_commit', 'versions', 'run_info', 'peak_memory_mb', 'reset_peak_memory', 'perf_env',
            'seconds', 'alternate', 'matmul_peak', 'embedding_modules', 'count_params', 'save_result', 'load_result',
-           'provenance', 'save_figure', 'changed_since', 'result_status', 'StaleResultError', 'current_result',
-           'UserError', 'invoked_as', 'user_errors', 'json_option']
+           'provenance', 'save_figure', 'changed_since', 'record_commits', 'result_status', 'StaleResultError',
+           'current_result', 'UserError', 'invoked_as', 'user_errors', 'json_option']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -314,13 +314,36 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
 )
 
 
+def record_commits(result: dict) -> list[str]:
+    "The commits a record was made at: the file's, then those of the runs it was assembled from (any `commit` in its results)."
+    found = [result['commit']]
+
+    def walk(o):
+        if isinstance(o, dict):
+            found.extend([o['commit']] if isinstance(o.get('commit'), str) else [])
+            o = list(o.values())
+        if isinstance(o, list):
+            for v in o:
+                walk(v)
+
+    walk(result.get('results'))
+    return list(dict.fromkeys(found))
+
+
 def result_status(name: str, result: dict, root=None) -> str:
-    "'current', 'stale: <changed modules>', or 'unknown' when the file's commit is not in this repository."
-    changed = changed_since(result['commit'], [f'biogpt/{m}.py' for m in RESULT_MODULES[name]], root)
-    if changed is None:
-        return 'unknown (commit not in this repository)'
-    dirty = ' (recorded from uncommitted code)' if str(result['commit']).endswith('+dirty') else ''
-    return ('stale: ' + ', '.join(Path(f).name for f in changed) if changed else 'current') + dirty
+    "'current', 'stale: <changed modules>', or 'unknown' when a commit of the record is not in this repository."
+    paths = [f'biogpt/{m}.py' for m in RESULT_MODULES[name]]
+    changed = set()
+    for commit in record_commits(result):  # as old as its oldest run
+        since = changed_since(commit, paths, root)
+        if since is None:
+            return 'unknown (commit not in this repository)'
+        changed.update(since)
+    dirty = any(str(c).endswith('+dirty') for c in record_commits(result))
+    stale = ', '.join(Path(p).name for p in paths if p in changed)
+    return ('stale: ' + stale if stale else 'current') + (
+        ' (recorded from uncommitted code)' if dirty else ''
+    )
 
 
 class StaleResultError(AssertionError):
