@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_bench.ipynb #1fab1d94
 from __future__ import annotations
-import dataclasses, math, multiprocessing, statistics, tempfile
+import dataclasses, math, multiprocessing, statistics, tempfile, time
 from functools import partial
 
 import matplotlib.pyplot as plt
@@ -17,16 +17,19 @@ from matplotlib.patches import Rectangle
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from .core import UserError, alternate, count_params, invoked_as, peak_memory_mb, perf_env, save_result
-from .core import seconds, user_errors
+from .core import matmul_peak, seconds, user_errors
+from .ablations import variants
 from .cortical import attention_heads, layer_zone, neuron_shape
 from .model import BioGPTConfig, BioGPTForCausalLM, generation_gap, param_table, train_flops_per_token
 from .neuron import MECHANISMS, BranchFFN, TemporalConv, nmda_trace
+from .pythia import COMPARISON_DATA, RECIPE, SIZES
 from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, param_groups
 
 # %% auto #0
 __all__ = ['ZONE_COLOURS', 'BENCHES', 'kernel_ms', 'autograd_scan', 'bench_nmda', 'bench_temporal_conv', 'bench_branch_ffn',
            'bench_optimizer', 'matched_neox', 'train_speeds', 'weight_floor', 'bench_generation', 'mechanism_costs',
-           'bench_model', 'bare_steps', 'bench_trainer', 'show_published', 'draw_layout', 'bench_cli']
+           'bench_model', 'bare_steps', 'bench_trainer', 'ablation_models', 'bench_ablations', 'show_published',
+           'draw_layout', 'bench_cli']
 
 # %% ../nbs/12_bench.ipynb #82ac81e1
 def kernel_ms(forms: dict, x: torch.Tensor, rounds: int, backward: bool = True) -> dict[str, float]:
@@ -173,6 +176,7 @@ def _measure_train(kind: str, config_dict: dict, batch: int, seq_len: int, steps
     q.put(
         dict(
             params=count_params(model)['total'],
+            params_non_embedding=count_params(model)['non_embedding'],
             step_times=[seconds(step) for _ in range(steps)],
             flops_per_token=train_flops_per_token(model, seq_len),
             peak_memory_mb=peak_memory_mb(),
@@ -195,6 +199,7 @@ def _train_row(runs: list[dict], tokens: int) -> dict:
     step = statistics.median(t for r in runs for t in r['step_times'])
     return dict(
         params=runs[0]['params'],
+        params_non_embedding=runs[0]['params_non_embedding'],
         step_s=step,
         tokens_per_s=tokens / step,
         flops_per_token=runs[0]['flops_per_token'],
@@ -403,6 +408,45 @@ def bench_trainer(cfg, blocks: int = 6, steps: int = 3, shards=None) -> dict:
         tr.log.close()
     return out
 
+# %% ../nbs/12_bench.ipynb #21e56aa3
+def ablation_models(size: str = 'main') -> dict[str, BioGPTConfig]:
+    "The config of every ablation and matched twin of the matrix at the study's `size`, with the comparison's vocabulary."
+    s = SIZES[size]
+    base = dict(
+        vocab_size=COMPARISON_DATA['vocab_size'],
+        d_model=s['d_model'],
+        n_layers=s['n_layers'],
+        max_seq_len=s['seq_len'],
+    )
+    return {name: BioGPTConfig(**fields) for name, fields in variants(base).items()}
+
+
+def bench_ablations(size: str = 'main', steps: int = 5, warmup: int = 2, rounds: int = 3) -> dict:
+    "Training tokens/s, peak memory and model FLOPs utilisation of every model of the ablation matrix, alternating in fresh processes."
+    models, batch, seq_len = ablation_models(size), RECIPE['micro_batch'], SIZES[size]['seq_len']
+    peaks = [matmul_peak()]
+    rows = train_speeds({k: ('biogpt', c) for k, c in models.items()}, batch, seq_len, steps, warmup, rounds)
+    peaks.append(matmul_peak())
+    for r in rows.values():
+        r['mfu'] = r['tokens_per_s'] * r['flops_per_token'] / max(peaks)
+    return dict(
+        train=rows,
+        matmul_peak_flops=peaks,
+        setup=dict(
+            size=size,
+            d_model=SIZES[size]['d_model'],
+            n_layers=SIZES[size]['n_layers'],
+            vocab_size=COMPARISON_DATA['vocab_size'],
+            batch=batch,
+            seq_len=seq_len,
+            steps=steps,
+            warmup=warmup,
+            rounds=rounds,
+            dtype='float32',
+            threads=torch.get_num_threads(),
+        ),
+    )
+
 # %% ../nbs/12_bench.ipynb #8bc4dfca
 def show_published(seq_len: int = 1024) -> dict:
     "Print the layout and parameter table of the published configuration and time one forward pass at `seq_len`."
@@ -478,26 +522,27 @@ def _summary(what: str, r: dict) -> str:
 
 @call_parse
 def bench_cli(
-    what: str,  # model (BioGPT against GPT-NeoX), trainer (the trainer against a bare loop) or published (one forward pass)
+    what: str,  # model (BioGPT against GPT-NeoX), trainer (the trainer against a bare loop), ablations (the matrix's models) or published (one forward pass)
     preset: str = 'cpu',  # trainer: the preset whose model and batch are measured
-    steps: int = 10,  # model: measured training steps per model and round
-    rounds: int = 3,  # model: rounds, the models alternating
+    steps: int = 10,  # model, ablations: measured training steps per model and round
+    rounds: int = 3,  # model, ablations: rounds, the models alternating
     blocks: int = 6,  # trainer: blocks of steps, the trainer and the bare loop alternating
     results: str = None,  # folder of the results files (default: the repository's results/)
     no_results: bool = False,  # print only
 ):
-    "Benchmark the model or the trainer on this machine and record the result; or run the published configuration once."
+    "Benchmark the model, the trainer or the ablation matrix's models on this machine and record the result; or run the published configuration once."
     with user_errors(invoked_as('biogpt-bench', 'biogpt.bench')):
         if what not in BENCHES:
             raise UserError(f"unknown benchmark {what!r}: choose one of {', '.join(BENCHES)}")
         if what == 'published':
             show_published()
             return
-        if what == 'model':
+        t0 = time.perf_counter()
+        if what in ('model', 'ablations'):
             r, config, command = (
-                bench_model(steps=steps, rounds=rounds),
+                (bench_model if what == 'model' else bench_ablations)(steps=steps, rounds=rounds),
                 None,
-                f'model --steps {steps} --rounds {rounds}',
+                f'{what} --steps {steps} --rounds {rounds}',
             )
         else:
             cfg = get_preset(preset)
@@ -514,5 +559,6 @@ def bench_cli(
                 command=perf_env() + 'biogpt-bench ' + command,
                 config=config or r['setup'],
                 seeds=[0],
+                timings=dict(wall_s=round(time.perf_counter() - t0, 1)),
                 folder=results,
             )

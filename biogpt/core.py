@@ -306,6 +306,7 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     train_cpu=('data', *MODEL_MODULES, 'trainer'),
     train_cpu_gpt_neox=('data', 'trainer'),
     trainer_bench=('data', *MODEL_MODULES, 'trainer', 'bench'),
+    ablations_bench=(*MODEL_MODULES, 'pythia', 'ablations', 'bench'),
     pruning=('data', *MODEL_MODULES, 'trainer', 'pruning'),
     lm_eval=('data', *MODEL_MODULES, 'trainer', 'harness'),
     pythia=('data', *MODEL_MODULES, 'trainer', 'pruning', 'pythia'),
