@@ -504,12 +504,17 @@ def draw_layout(layout: list[list], d_model: int, ax=None, soma_ffn_expansion: f
     return ax
 
 # %% ../nbs/12_bench.ipynb #0d8d7485
-BENCHES = ('model', 'trainer', 'published')
+BENCHES = ('model', 'trainer', 'ablations', 'published')
 
 
 def _summary(what: str, r: dict) -> str:
     if what == 'trainer':
         return f"trainer {r['trainer_s_per_step']:.3f} s/step, bare loop {r['bare_s_per_step']:.3f} s/step: overhead {r['overhead']:+.1%}"
+    if what == 'ablations':
+        return '\n'.join(
+            f"{k}: {v['tokens_per_s']:,.0f} tokens/s, MFU {v['mfu']:.1%}, peak {v['peak_memory_mb']:,.0f} MiB"
+            for k, v in r['train'].items()
+        )
     lines = [
         f"BioGPT / GPT-NeoX: parameters {r['param_ratio']:.3f}x, tokens/s {r['tokens_ratio']:.2f}x, model FLOP/s {r['flops_ratio']:.2f}x"
     ]
