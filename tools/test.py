@@ -92,7 +92,12 @@ def check_docs():
     from nbdev.quarto import refresh_quarto_yml
     from nbdev.serve import proc_nbs
     refresh_quarto_yml()
-    cache = proc_nbs(force=True, n_workers=0)
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        cache = proc_nbs(force=True, n_workers=0)
+    mixed = [str(w.message).split('---')[1].strip()[:200] for w in caught if 'imports and other code' in str(w.message)]
+    assert not mixed, "cells mix imports with other code, which nbdev's docs step mishandles (move the imports into the chapter's import cell):\n" + '\n'.join(mixed)
     lost = {n for n in listed if n.endswith('.ipynb')} - {p.name for p in cache.glob('*.ipynb')}
     assert not lost, f'nbdev processing lost pages: {lost}'
     assert (cache/'_quarto.yml').exists()
