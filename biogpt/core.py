@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'MODEL_MODULES', 'RESULT_MODULES', 'biogpt_home', 'repo_root', 'atomic_write',
-           'atomic_dir', 'git_commit', 'versions', 'run_info', 'peak_memory_mb', 'reset_peak_memory', 'perf_env',
-           'seconds', 'alternate', 'matmul_peak', 'embedding_modules', 'count_params', 'save_result', 'load_result',
-           'provenance', 'save_figure', 'changed_since', 'record_commits', 'result_status', 'StaleResultError',
-           'current_result', 'UserError', 'invoked_as', 'user_errors', 'json_option']
+__all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'MODEL_MODULES', 'RESULT_MODULES', 'REPORT_MODULES', 'biogpt_home', 'repo_root',
+           'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info', 'peak_memory_mb', 'reset_peak_memory',
+           'perf_env', 'seconds', 'alternate', 'matmul_peak', 'embedding_modules', 'count_params', 'save_result',
+           'load_result', 'provenance', 'save_figure', 'changed_since', 'record_commits', 'result_status',
+           'StaleResultError', 'current_result', 'UserError', 'invoked_as', 'user_errors', 'json_option']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -261,14 +261,80 @@ def save_figure(fig, path) -> Path:
     return atomic_write(path, buf.getvalue())
 
 # %% ../nbs/00_core.ipynb #604d74ae
-def _code(text: str, path) -> str:
-    "What a file does: the syntax tree of Python source (comments and layout are not code), the text of any other file."
-    if not str(path).endswith('.py'):
-        return text
+def _binds(s: ast.stmt) -> list[tuple[str, str]]:
+    "(name, code) for each name top-level statement `s` binds; a statement that binds no name is keyed by its own code."
+    if isinstance(
+        s, ast.Import | ast.ImportFrom
+    ):  # one entry per imported name: importing another name changes none
+        src = f"from {'.' * s.level}{s.module or ''} " if isinstance(s, ast.ImportFrom) else ''
+        return [(a.asname or a.name.split('.')[0], f'{src}import {a.name}') for a in s.names]
+    code = ast.dump(s)
+    if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [(s.name, code)]
+    if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str):
+        return [('__doc__', code)]
+    targets = s.targets if isinstance(s, ast.Assign) else [getattr(s, 'target', None)]
+    names = [n.id for t in targets if t for n in ast.walk(t) if isinstance(n, ast.Name)]
+    if names == ['__all__']:  # nbdev's list of exports: only `import *` reads it, and no module of ours does
+        return []
+    return [(n, code) for n in names] or [(code, code)]
+
+
+def _module(text: str) -> ast.Module | None:
     try:
-        return ast.dump(ast.parse(text))
+        return ast.parse(text)
     except SyntaxError:
-        return text
+        return None
+
+
+def _bindings(tree: ast.Module) -> dict[str, set[str]]:
+    out = {}
+    for s in tree.body:
+        for name, code in _binds(s):
+            out.setdefault(name, set()).add(code)
+    return out
+
+
+def _refers(tree: ast.Module) -> tuple[set[str], set[str]]:
+    "The names a module's code refers to: (inside the module, from any module: attributes, imports, strings)."
+    inside, anywhere = set(), set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            inside.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            anywhere.add(n.attr)
+        elif isinstance(n, ast.alias):
+            anywhere.add(n.name.split('.')[-1])
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
+            anywhere.add(n.value)  # getattr(module, 'name')
+    if any(isinstance(n, ast.ImportFrom) and n.names[0].name == '*' for n in tree.body):
+        anywhere |= inside  # a star import lets its names reach other modules
+    return inside, anywhere
+
+
+def _head(trees: dict[str, ast.Module]) -> tuple[dict, dict, set]:
+    "The Python files at HEAD: what each binds, what they bind together, and the names any refers to across files."
+    each = {p: _bindings(t) for p, t in trees.items()}
+    together = {}
+    for b in each.values():
+        for name, codes in b.items():
+            together.setdefault(name, set()).update(codes)
+    return each, together, set().union(*(_refers(t)[1] for t in trees.values()))
+
+
+def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
+    "Whether code of file `p` at a commit (text `then`) is gone or different in the Python files at HEAD."
+    old = _module(then)
+    if old is None:
+        return True
+    each, together, anywhere = head
+    inside = _refers(trees[p])[0] if p in trees else set()
+    for name, codes in _bindings(old).items():
+        if codes <= together.get(name, set()):
+            continue  # the same code, here or moved to another of the files
+        if name in each.get(p, {}) or name in inside or name in anywhere or not name.isidentifier():
+            return True  # changed, or removed while the code at HEAD still refers to it
+    return False
 
 
 def _git_show(rev: str, path, root) -> str | None:
@@ -277,23 +343,28 @@ def _git_show(rev: str, path, root) -> str | None:
 
 
 def changed_since(commit: str | None, paths, root=None) -> list[str] | None:
-    """The files among `paths` whose code differs between `commit` and HEAD (None when git cannot tell: no commit,
-    no repository, or a commit this repository does not have)."""
+    """The files among `paths` whose code at `commit` is gone or different at HEAD (None when git cannot tell: no
+    commit, no repository, or a commit this repository does not have). Python files are compared statement by
+    statement across all of `paths`; any other file by its text."""
     if not commit:
         return None
-    root, rev = root or repo_root(), str(commit).removesuffix('+dirty')
+    root, rev, paths = root or repo_root(), str(commit).removesuffix('+dirty'), list(map(str, paths))
     try:
         known = subprocess.run(
             ['git', 'cat-file', '-e', f'{rev}^{{commit}}'], cwd=root, capture_output=True, timeout=30
         )
         if known.returncode:
             return None
-        changed = []
-        for p in map(str, paths):
-            then, now = _git_show(rev, p, root), _git_show('HEAD', p, root)
-            if then is None or now is None or _code(then, p) != _code(now, p):
-                changed.append(p)
-        return changed
+        then = {p: _git_show(rev, p, root) for p in paths}
+        now = {p: _git_show('HEAD', p, root) for p in paths}
+        trees = {p: t for p in paths if p.endswith('.py') and now[p] is not None and (t := _module(now[p]))}
+        head = _head(trees)
+        return [
+            p
+            for p in paths
+            if then[p] is not None  # a file made after the commit ran no part of the record
+            and (_gone(then[p], p, trees, head) if p.endswith('.py') else then[p] != now[p])
+        ]
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -312,6 +383,9 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     pythia=('data', *MODEL_MODULES, 'trainer', 'pruning', 'pythia'),
     pythia_study=('data', *MODEL_MODULES, 'trainer', 'pruning', 'pythia'),
     ablations=('data', *MODEL_MODULES, 'trainer', 'pythia', 'ablations'),
+)
+REPORT_MODULES = dict(  # results file assembled from runs: the modules that turn its runs into its tables
+    ablations=('ablation_report',),
 )
 
 
@@ -332,11 +406,13 @@ def record_commits(result: dict) -> list[str]:
 
 
 def result_status(name: str, result: dict, root=None) -> str:
-    "'current', 'stale: <changed modules>', or 'unknown' when a commit of the record is not in this repository."
-    paths = [f'biogpt/{m}.py' for m in RESULT_MODULES[name]]
+    """'current', 'stale: <changed modules>', or 'unknown' when a commit of the record is not in this repository.
+    The file's own commit answers for all its modules, its runs' commits for the modules of the runs."""
+    runs = [f'biogpt/{m}.py' for m in RESULT_MODULES[name]]
+    paths = runs + [f'biogpt/{m}.py' for m in REPORT_MODULES.get(name, ())]
     changed = set()
-    for commit in record_commits(result):  # as old as its oldest run
-        since = changed_since(commit, paths, root)
+    for i, commit in enumerate(record_commits(result)):  # as old as its oldest run
+        since = changed_since(commit, runs if i else paths, root)
         if since is None:
             return 'unknown (commit not in this repository)'
         changed.update(since)
