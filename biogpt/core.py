@@ -295,31 +295,33 @@ def _bindings(tree: ast.Module) -> dict[str, set[str]]:
     return out
 
 
-def _refers(tree: ast.Module) -> tuple[set[str], set[str]]:
-    "The names a module's code refers to: (inside the module, from any module: attributes, imports, strings)."
-    inside, anywhere = set(), set()
-    for n in ast.walk(tree):
+def _refers(tree: ast.Module) -> tuple[set[str], set[tuple[str, str]], set[str]]:
+    """The names a module's code refers to: those it uses inside, those it imports from other modules (module, name),
+    and those it could reach in any module (attributes, and strings, as `getattr` takes them)."""
+    inside, imported, reached = set(), set(), set()
+    code = [
+        s for s in tree.body if _binds(s) != []
+    ]  # not nbdev's `__all__`, whose strings name what the module has
+    for n in ast.walk(ast.Module(body=code, type_ignores=[])):
         if isinstance(n, ast.Name):
             inside.add(n.id)
+        elif isinstance(n, ast.ImportFrom):
+            imported |= {((n.module or '').split('.')[-1], a.name) for a in n.names}
         elif isinstance(n, ast.Attribute):
-            anywhere.add(n.attr)
-        elif isinstance(n, ast.alias):
-            anywhere.add(n.name.split('.')[-1])
+            reached.add(n.attr)
         elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
-            anywhere.add(n.value)  # getattr(module, 'name')
-    if any(isinstance(n, ast.ImportFrom) and n.names[0].name == '*' for n in tree.body):
-        anywhere |= inside  # a star import lets its names reach other modules
-    return inside, anywhere
+            reached.add(n.value)
+    return inside, imported, reached
 
 
-def _head(trees: dict[str, ast.Module]) -> tuple[dict, dict, set]:
-    "The Python files at HEAD: what each binds, what they bind together, and the names any refers to across files."
+def _head(trees: dict[str, ast.Module]) -> tuple[dict, dict, list]:
+    "The Python files at HEAD: what each binds, what they bind together, and what each refers to."
     each = {p: _bindings(t) for p, t in trees.items()}
     together = {}
     for b in each.values():
         for name, codes in b.items():
             together.setdefault(name, set()).update(codes)
-    return each, together, set().union(*(_refers(t)[1] for t in trees.values()))
+    return each, together, [_refers(t) for t in trees.values()]
 
 
 def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
@@ -327,12 +329,21 @@ def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
     old = _module(then)
     if old is None:
         return True
-    each, together, anywhere = head
+    each, together, refers = head
+    module = Path(p).stem
     inside = _refers(trees[p])[0] if p in trees else set()
+
+    def used(
+        name,
+    ):  # inside the file, imported from it (by name or by *), or reachable by attribute or string
+        return name in inside or any(
+            {(module, name), (module, '*')} & imported or name in reached for _, imported, reached in refers
+        )
+
     for name, codes in _bindings(old).items():
         if codes <= together.get(name, set()):
             continue  # the same code, here or moved to another of the files
-        if name in each.get(p, {}) or name in inside or name in anywhere or not name.isidentifier():
+        if name in each.get(p, {}) or not name.isidentifier() or used(name):
             return True  # changed, or removed while the code at HEAD still refers to it
     return False
 
