@@ -155,8 +155,9 @@ def findings(rows: list[dict], tokens: int) -> list[str]:
     lines += [size_or_mechanism(rows, tokens, k) for k in twins if k in e.index]
     r = ranking(rows, tokens)
     if r['spearman'] is not None:
+        ran = 'all' if r['n'] == len(PUBLISHED_ABLATION) else f"the {r['n']} of"
         lines.append(
-            f"The published ranking of the {r['n']} of its {len(PUBLISHED_ABLATION)} configurations run at this budget "
+            f"The published ranking of {ran} its {len(PUBLISHED_ABLATION)} configurations run at this budget "
             f"(best first: {', '.join(r['published'])}) against ours ({', '.join(r['ours'])}): "
             f"Spearman correlation {r['spearman']:+.2f}."
         )
@@ -180,16 +181,18 @@ def size_or_mechanism(rows: list[dict], tokens: int, name: str, reference: str =
     elif va == vm == 'equal':
         reading = 'no effect at either size'
     elif va == vm:
-        reading = (
-            'the effect holds at matched size, so it is the change itself, not the parameters it adds or removes'
+        reading = 'the effect holds at matched size, ' + (
+            'so the change itself has it (matching the size made no significant difference)'
             if vs == 'equal'
-            else 'the effect holds at matched size but matching the size moves it: both the change and its parameters count'
+            else 'and matching the size moves it: both the change and its parameter count matter'
         )
     elif vm == 'equal':
         reading = (
-            'matching the size removes the effect, so it is the parameter count, not the mechanism'
+            'matching the size removes the effect and moves the result significantly: '
+            "the effect is the parameter count's"
             if vs != 'equal'
-            else 'not significant at matched size, but neither is what matching the size changed: these seeds cannot tell size from mechanism'
+            else 'not significant at matched size, but neither is what matching the size changed: '
+            'these seeds cannot tell size from mechanism'
         )
     elif va == 'equal':
         reading = 'an effect only at matched size'
