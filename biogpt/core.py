@@ -263,9 +263,8 @@ def save_figure(fig, path) -> Path:
 # %% ../nbs/00_core.ipynb #604d74ae
 def _binds(s: ast.stmt) -> list[tuple[str, str]]:
     "(name, code) for each name top-level statement `s` binds; a statement that binds no name is keyed by its own code."
-    if isinstance(
-        s, ast.Import | ast.ImportFrom
-    ):  # one entry per imported name: importing another name changes none
+    # one entry per imported name, so that importing another name changes none
+    if isinstance(s, ast.Import | ast.ImportFrom):
         src = f"from {'.' * s.level}{s.module or ''} " if isinstance(s, ast.ImportFrom) else ''
         return [(a.asname or a.name.split('.')[0], f'{src}import {a.name}') for a in s.names]
     code = ast.dump(s)
@@ -288,6 +287,7 @@ def _module(text: str) -> ast.Module | None:
 
 
 def _bindings(tree: ast.Module) -> dict[str, set[str]]:
+    "A module's top-level statements by the names they bind: name -> the code of each statement binding it."
     out = {}
     for s in tree.body:
         for name, code in _binds(s):
@@ -299,9 +299,8 @@ def _refers(tree: ast.Module) -> tuple[set[str], set[tuple[str, str]], set[str]]
     """The names a module's code refers to: those it uses inside, those it imports from other modules (module, name),
     and those it could reach in any module (attributes, and strings, as `getattr` takes them)."""
     inside, imported, reached = set(), set(), set()
-    code = [
-        s for s in tree.body if _binds(s) != []
-    ]  # not nbdev's `__all__`, whose strings name what the module has
+    # all but nbdev's `__all__`, whose strings name what the module has rather than what it uses
+    code = [s for s in tree.body if _binds(s) != []]
     for n in ast.walk(ast.Module(body=code, type_ignores=[])):
         if isinstance(n, ast.Name):
             inside.add(n.id)
@@ -333,9 +332,8 @@ def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
     module = Path(p).stem
     inside = _refers(trees[p])[0] if p in trees else set()
 
-    def used(
-        name,
-    ):  # inside the file, imported from it (by name or by *), or reachable by attribute or string
+    def used(name):
+        "Used inside the file, imported from it (by name or by *), or reachable by attribute or string."
         return name in inside or any(
             {(module, name), (module, '*')} & imported or name in reached for _, imported, reached in refers
         )
