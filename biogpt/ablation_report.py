@@ -20,7 +20,7 @@ from .pythia import COMPARISON_DATA, RECIPE, SIZES, judge, paired_test
 from .ablations import MATRIX, SEEDS, TOLERANCE, read_rows, run_matrix
 
 # %% auto #0
-__all__ = ['SAY', 'PUBLISHED_ABLATION', 'SHIFT', 'ok_rows', 'gaps', 'effects', 'throughput', 'ranking', 'findings',
+__all__ = ['SAY', 'PUBLISHED_ABLATION', 'SHIFT', 'ok_rows', 'gaps', 'effects', 'fdr', 'throughput', 'ranking', 'findings',
            'size_or_mechanism', 'plot_ablations', 'budget_shift', 'report', 'ablations_cli']
 
 # %% ../nbs/11_ablation_report.ipynb #b30e2c8b
@@ -81,9 +81,18 @@ def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd
             {f'diff {c[4:]}': gaps(rows, tokens, reference, c).loc[d.index, name].mean() for c in domains}
         )
         out.append(row)
-    return (
-        pd.DataFrame(out).set_index('ablation') if out else pd.DataFrame(index=pd.Index([], name='ablation'))
-    )
+    if not out:
+        return pd.DataFrame(index=pd.Index([], name='ablation'))
+    e = pd.DataFrame(out).set_index('ablation')
+    e.insert(e.columns.get_loc('p') + 1, 'q', fdr(e.p))
+    return e
+
+
+def fdr(p: pd.Series) -> pd.Series:
+    "Benjamini-Hochberg adjusted p-values (q) of the tests in `p` taken together; NaN where no test was made."
+    tested = p.dropna().astype(float)
+    q = stats.false_discovery_control(tested.to_numpy()) if len(tested) else []
+    return pd.Series(q, index=tested.index, dtype=float).reindex(p.index)
 
 
 def throughput(rows: list[dict], tokens: int) -> pd.DataFrame:
@@ -151,6 +160,15 @@ def findings(rows: list[dict], tokens: int) -> list[str]:
                 )
                 + '.'
             )
+    tested = e[e.p.notna()]
+    found = tested[tested.verdict.isin([SAY['worse'], SAY['better']])]
+    held = found[found.q < 0.05]
+    if len(found):
+        lines.append(
+            f"With the false discovery rate held at 5% over the {len(tested)} tests of this budget (Benjamini-Hochberg), "
+            f"{len(held)} of these {len(found)} differences hold"
+            + (f": {', '.join(held.index)}." if len(held) else '.')
+        )
     twins = [k.removesuffix('@matched') for k in e.index if k.endswith('@matched')]
     lines += [size_or_mechanism(rows, tokens, k) for k in twins if k in e.index]
     r = ranking(rows, tokens)
