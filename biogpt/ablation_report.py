@@ -8,6 +8,7 @@ import shlex, sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -20,8 +21,8 @@ from .pythia import COMPARISON_DATA, RECIPE, SIZES, judge, paired_test
 from .ablations import MATRIX, SEEDS, TOLERANCE, read_rows, run_matrix
 
 # %% auto #0
-__all__ = ['SAY', 'PUBLISHED_ABLATION', 'SHIFT', 'ok_rows', 'gaps', 'effects', 'fdr', 'throughput', 'ranking', 'findings',
-           'size_or_mechanism', 'plot_ablations', 'budget_shift', 'report', 'ablations_cli']
+__all__ = ['SAY', 'PUBLISHED_ABLATION', 'VERDICT_COLOURS', 'SHIFT', 'ok_rows', 'gaps', 'effects', 'fdr', 'throughput', 'ranking',
+           'findings', 'size_or_mechanism', 'plot_ablations', 'budget_shift', 'report', 'ablations_cli']
 
 # %% ../nbs/11_ablation_report.ipynb #b30e2c8b
 SAY = dict(
@@ -224,36 +225,76 @@ def size_or_mechanism(rows: list[dict], tokens: int, name: str, reference: str =
     )
 
 # %% ../nbs/11_ablation_report.ipynb #c303634c
+VERDICT_COLOURS = {
+    SAY['worse']: 'tab:red',
+    SAY['better']: 'tab:green',
+    SAY['equal']: 'grey',
+    SAY['untested']: 'black',
+}
+
+
 def plot_ablations(rows: list[dict], tokens: int, path=None):
-    "Bits per byte against non-embedding parameters per ablation at budget `tokens` (mean and std over seeds)."
+    """Two panels at budget `tokens`: bits per byte against non-embedding parameters per ablation (mean and std over
+    seeds; an ablation and its size-matched twin share a colour), and each ablation's difference from the full model
+    with its 95% interval over seeds, coloured by its verdict."""
     df = ok_rows(rows, tokens)
     m = df.groupby('preset_id', sort=False).agg(
         params=('params_non_embedding', 'mean'), bpb=('bpb all', 'mean'), std=('bpb all', 'std')
     )
-    fig, ax = plt.subplots(figsize=(9, 5))
-    colours = dict(zip(m.index, sns.color_palette('husl', len(m))))
+    kinds = list(dict.fromkeys(k.removesuffix('@matched') for k in m.index))
+    colours = dict(zip(kinds, sns.color_palette('husl', len(kinds))))
+    fig, (ax, fx) = plt.subplots(2, 1, figsize=(10, 11), layout='constrained')
     for name, r in m.iterrows():
+        kind, matched = name.removesuffix('@matched'), name.endswith('@matched')
+        yerr = 0 if pd.isna(r['std']) else r['std']
         ax.errorbar(
             r.params,
             r.bpb,
-            yerr=0 if pd.isna(r['std']) else r['std'],
-            fmt='s' if name.endswith('@matched') else 'o',
-            color=colours[name],
+            yerr=yerr,
+            fmt='s' if matched else 'o',
+            color=colours[kind],
             capsize=3,
-            label=name,
+            label=None if matched else kind,
         )
     if 'full_branch' in m.index:
         ax.axhline(m.bpb['full_branch'], color='grey', ls=':', lw=1)
     ax.set(
         xlabel='non-embedding parameters',
         ylabel='validation bits per byte',
-        title=f'ablations at {tokens / 1e6:g}M training tokens (squares: size-matched)',
+        title=f'ablations at {tokens / 1e6:g}M training tokens (squares: size-matched twins)',
     )
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    _plot_effects(fx, effects(rows, tokens))
     if path:
         save_figure(fig, path)
     return fig
+
+
+def _plot_effects(ax, e: pd.DataFrame):
+    """Each ablation's difference from the full model (bpb) with its 95% interval, best first, coloured by verdict;
+    hollow where the difference does not hold at a 5% false discovery rate."""
+    e = e.sort_values('difference', ascending=False)
+    for y, (name, r) in enumerate(e.iterrows()):
+        ci = [[r.difference - r['ci low']], [r['ci high'] - r.difference]] if pd.notna(r['ci low']) else None
+        colour = VERDICT_COLOURS[r.verdict]
+        ax.errorbar(
+            r.difference,
+            y,
+            xerr=ci,
+            fmt='s' if name.endswith('@matched') else 'o',
+            color=colour,
+            mfc=colour if r.q < 0.05 else 'white',
+            capsize=3,
+        )
+    ax.axvline(0, color='grey', ls=':', lw=1)
+    ax.set_yticks(range(len(e)), e.index, fontsize=8)
+    ax.set(
+        xlabel='bits per byte, ablation - full model (95% interval over seeds)',
+        title='what each mechanism is worth: right of 0, the ablation is worse (what it removed helps)',
+    )
+    key = [Line2D([], [], color=c, marker='o', ls='', label=v) for v, c in VERDICT_COLOURS.items()]
+    key.append(Line2D([], [], color='grey', marker='o', mfc='white', ls='', label='hollow: q >= 0.05'))
+    ax.legend(handles=key, fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
 
 # %% ../nbs/11_ablation_report.ipynb #5728a8f8
 SHIFT = dict(
