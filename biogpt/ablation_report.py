@@ -59,6 +59,7 @@ def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd
     df, gap = ok_rows(rows, tokens), gaps(rows, tokens, reference)
     domains = [c for c in df.columns if c.startswith('bpb ') and c != 'bpb all']
     ref = df[df.preset_id == reference]
+    by_domain = {c: gaps(rows, tokens, reference, c) for c in domains}
     out = []
     for name in gap.columns:
         d = gap[name].dropna()
@@ -78,9 +79,7 @@ def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd
             'params': g.params_non_embedding.mean() / ref.params_non_embedding.mean(),
             'tokens/s': g.tokens_per_s.mean() / ref.tokens_per_s.mean(),
         }
-        row.update(
-            {f'diff {c[4:]}': gaps(rows, tokens, reference, c).loc[d.index, name].mean() for c in domains}
-        )
+        row.update({f'diff {c[4:]}': by_domain[c].loc[d.index, name].mean() for c in domains})
         out.append(row)
     if not out:
         return pd.DataFrame(index=pd.Index([], name='ablation'))

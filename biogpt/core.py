@@ -313,14 +313,14 @@ def _refers(tree: ast.Module) -> tuple[set[str], set[tuple[str, str]], set[str]]
     return inside, imported, reached
 
 
-def _head(trees: dict[str, ast.Module]) -> tuple[dict, dict, list]:
+def _head(trees: dict[str, ast.Module]) -> tuple[dict, dict, dict]:
     "The Python files at HEAD: what each binds, what they bind together, and what each refers to."
     each = {p: _bindings(t) for p, t in trees.items()}
     together = {}
     for b in each.values():
         for name, codes in b.items():
             together.setdefault(name, set()).update(codes)
-    return each, together, [_refers(t) for t in trees.values()]
+    return each, together, {p: _refers(t) for p, t in trees.items()}
 
 
 def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
@@ -330,12 +330,13 @@ def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
         return True
     each, together, refers = head
     module = Path(p).stem
-    inside = _refers(trees[p])[0] if p in trees else set()
+    inside = refers[p][0] if p in refers else set()
 
     def used(name):
         "Used inside the file, imported from it (by name or by *), or reachable by attribute or string."
         return name in inside or any(
-            {(module, name), (module, '*')} & imported or name in reached for _, imported, reached in refers
+            {(module, name), (module, '*')} & imported or name in reached
+            for _, imported, reached in refers.values()
         )
 
     for name, codes in _bindings(old).items():
