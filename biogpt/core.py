@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #308ff451
 from __future__ import annotations
-import ast, contextlib, datetime, importlib.metadata, io, json, os, platform, re, resource, shutil, subprocess, sys, tempfile, time
+import ast, contextlib, copy, datetime, importlib.metadata, io, json, os, platform, re, resource, shutil, subprocess, sys, tempfile, time
 from functools import partial
 from pathlib import Path
 
@@ -260,6 +260,22 @@ def save_figure(fig, path) -> Path:
     fig.savefig(buf, format=Path(path).suffix[1:], dpi=FIGURE_DPI)
     return atomic_write(path, buf.getvalue())
 
+# %% ../nbs/00_core.ipynb #acae54e37e7d407bbb7b55eff062a284
+def _inert_methods(c: ast.ClassDef) -> ast.ClassDef:
+    "Class `c` without its methods' docstrings and type annotations: nothing reads them when the code runs."
+    # (a top-level function's docstring and annotations are code: `call_parse` makes them a command's help and types)
+    c = copy.deepcopy(c)
+    for f in c.body:
+        if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef):
+            doc = f.body and isinstance(f.body[0], ast.Expr) and isinstance(f.body[0].value, ast.Constant)
+            if doc and isinstance(f.body[0].value.value, str):
+                f.body = f.body[1:] or [ast.Pass()]
+            f.returns = None
+            for a in [*f.args.posonlyargs, *f.args.args, *f.args.kwonlyargs, f.args.vararg, f.args.kwarg]:
+                if a is not None:
+                    a.annotation = None
+    return c
+
 # %% ../nbs/00_core.ipynb #604d74ae
 def _binds(s: ast.stmt) -> list[tuple[str, str]]:
     "(name, code) for each name top-level statement `s` binds; a statement that binds no name is keyed by its own code."
@@ -267,7 +283,7 @@ def _binds(s: ast.stmt) -> list[tuple[str, str]]:
     if isinstance(s, ast.Import | ast.ImportFrom):
         src = f"from {'.' * s.level}{s.module or ''} " if isinstance(s, ast.ImportFrom) else ''
         return [(a.asname or a.name.split('.')[0], f'{src}import {a.name}') for a in s.names]
-    code = ast.dump(s)
+    code = ast.dump(_inert_methods(s) if isinstance(s, ast.ClassDef) else s)
     if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         return [(s.name, code)]
     if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str):
