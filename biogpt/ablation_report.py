@@ -17,20 +17,18 @@ from scipy import stats
 
 from .core import UserError, biogpt_home, invoked_as, perf_env, repo_root, save_figure, save_result
 from .core import user_errors
-from .pythia import COMPARISON_DATA, RECIPE, SIZES, judge, paired_test
+from .stats import ALPHA, describe, fdr, judge, paired_test
+from .stats import SAY as NO_VERDICT
+from .study import COMPARISON_DATA, RECIPE, SIZES
 from .ablations import MATRIX, SEEDS, TOLERANCE, read_rows, run_matrix
 
 # %% auto #0
-__all__ = ['SAY', 'PUBLISHED_ABLATION', 'VERDICT_COLOURS', 'SHIFT', 'ok_rows', 'gaps', 'effects', 'fdr', 'throughput', 'ranking',
-           'findings', 'size_or_mechanism', 'plot_ablations', 'budget_shift', 'report', 'ablations_cli']
+__all__ = ['SAY', 'PUBLISHED_ABLATION', 'SHIFT', 'VERDICT_COLOURS', 'ok_rows', 'gaps', 'tested', 'as_test', 'with_verdicts',
+           'stated', 'bound', 'effects', 'throughput', 'rank_test', 'ranking', 'budgets', 'per_param', 'budget_shift',
+           'scope', 'findings', 'twin_tests', 'size_or_mechanism', 'plot_ablations', 'report', 'ablations_cli']
 
 # %% ../nbs/13_ablation_report.ipynb #b30e2c8b
-SAY = dict(
-    better='the ablation is better',
-    worse='the ablation is worse',
-    equal='no significant difference',
-    untested='one seed, untested',
-)
+SAY = dict(better='the ablation is better', worse='the ablation is worse', **NO_VERDICT)
 
 
 def ok_rows(rows: list[dict], tokens: int | None = None) -> pd.DataFrame:
@@ -54,6 +52,52 @@ def gaps(
     return v[[k for k in dict.fromkeys(df.preset_id) if k != reference]].sub(v[reference], axis=0)
 
 
+def tested(t: dict) -> dict:
+    "A paired test (`paired_test`) as a table's row holds it."
+    lo, hi = t['ci'] or (None, None)
+    return {
+        'seeds': t['n'],
+        'difference': t['mean'],
+        'std': t['std'],
+        'ci low': lo,
+        'ci high': hi,
+        'p': t['p'],
+    }
+
+
+def as_test(r) -> dict:
+    "A table's row back in `paired_test`'s form."
+    untested = pd.isna(r['p'])
+    return dict(
+        n=int(r['seeds']),
+        mean=r['difference'],
+        ci=None if untested else (r['ci low'], r['ci high']),
+        p=r['p'],
+    )
+
+
+def with_verdicts(
+    df: pd.DataFrame, words: dict, lower: str = 'better', higher: str = 'worse'
+) -> pd.DataFrame:
+    """A table of one family of tests, with each test's q (Benjamini-Hochberg over the family) beside its p and its
+    verdict in `words` (keyed by `judge`'s answers, `lower` and `higher` among them)."""
+    df = df.copy()
+    df.insert(df.columns.get_loc('p') + 1, 'q', fdr(df.p.astype(float)))
+    verdicts = [words[judge(as_test(r), lower, higher, q=r.q)] for _, r in df.iterrows()]
+    df.insert(df.columns.get_loc('q') + 1, 'verdict', verdicts)
+    return df
+
+
+def stated(r) -> str:
+    "A tested difference as the findings write it: its mean in bits per byte with its seeds, 95% interval, p and q."
+    return describe(as_test(r), r['q'])
+
+
+def bound(r) -> str:
+    "What a difference that is not significant still says: the largest effect its 95% interval leaves open."
+    return f"its 95% interval bounds the effect within ±{max(abs(r['ci low']), abs(r['ci high'])):.4f} bpb"
+
+
 def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd.DataFrame:
     "Each ablation against `reference` at budget `tokens`, paired by seed: bpb difference overall and per domain with its test, and its cost."
     df, gap = ok_rows(rows, tokens), gaps(rows, tokens, reference)
@@ -65,17 +109,11 @@ def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd
         d = gap[name].dropna()
         if d.empty:
             continue
-        t, g = paired_test(d, np.zeros(len(d))), df[df.preset_id == name]
+        g = df[df.preset_id == name]
         row = {
             'ablation': name,
-            'seeds': t['n'],
             'bpb': g['bpb all'].mean(),
-            'difference': t['mean'],
-            'std': t['std'],
-            'ci low': t['ci'][0] if t['ci'] else None,
-            'ci high': t['ci'][1] if t['ci'] else None,
-            'p': t['p'],
-            'verdict': SAY[judge(t)],
+            **tested(paired_test(d, np.zeros(len(d)))),
             'params': g.params_non_embedding.mean() / ref.params_non_embedding.mean(),
             'tokens/s': g.tokens_per_s.mean() / ref.tokens_per_s.mean(),
         }
@@ -83,16 +121,7 @@ def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd
         out.append(row)
     if not out:
         return pd.DataFrame(index=pd.Index([], name='ablation'))
-    e = pd.DataFrame(out).set_index('ablation')
-    e.insert(e.columns.get_loc('p') + 1, 'q', fdr(e.p))
-    return e
-
-
-def fdr(p: pd.Series) -> pd.Series:
-    "Benjamini-Hochberg adjusted p-values (q) of the tests in `p` taken together; NaN where no test was made."
-    tested = p.dropna().astype(float)
-    q = stats.false_discovery_control(tested.to_numpy()) if len(tested) else []
-    return pd.Series(q, index=tested.index, dtype=float).reindex(p.index)
+    return with_verdicts(pd.DataFrame(out).set_index('ablation'), SAY)
 
 
 def throughput(rows: list[dict], tokens: int) -> pd.DataFrame:
@@ -122,112 +151,256 @@ PUBLISHED_ABLATION = pd.DataFrame(
 )
 
 
+def rank_test(a, b) -> dict:
+    """Spearman's correlation of two scorings `a`, `b` of the same items; its exact two-sided p over every pairing of
+    the items (exact up to 7 items: `permutation_test` enumerates at most 9,999 orders); and `threshold`, the smallest
+    |rho| with which any pairing of this many items reaches p < 0.05 (None where none does)."""
+    b = np.asarray(b, float)
+    rho = lambda x: stats.spearmanr(x, b).statistic
+    t = stats.permutation_test((np.asarray(a, float),), rho, permutation_type='pairings')
+    null = np.abs(t.null_distribution)
+    reach = [r for r in np.unique(null.round(9)) if (null >= r - 1e-9).mean() < ALPHA]
+    return dict(
+        spearman=float(t.statistic),
+        p=float(t.pvalue),
+        n=len(b),
+        orders=len(null),
+        threshold=float(min(reach)) if reach else None,
+    )
+
+
 def ranking(rows: list[dict], tokens: int) -> dict:
-    "The published six ranked by their published loss and by our mean bpb, and the Spearman correlation of the two orders."
+    "The published six ranked by their published loss and by our mean bpb, and the rank test of the two orders."
     df = ok_rows(rows, tokens)
     ours = df[df.preset_id.isin(PUBLISHED_ABLATION.index)].groupby('preset_id')['bpb all'].mean()
     pub = PUBLISHED_ABLATION.val_loss[ours.index]
-    rho = stats.spearmanr(pub, ours).statistic if len(ours) > 2 else None
-    return dict(
-        published=list(pub.sort_values().index),
-        ours=list(ours.sort_values().index),
-        spearman=rho,
-        n=len(ours),
+    test = rank_test(pub, ours) if len(ours) > 2 else dict(spearman=None, p=None, n=len(ours))
+    return dict(published=list(pub.sort_values().index), ours=list(ours.sort_values().index), **test)
+
+# %% ../nbs/13_ablation_report.ipynb #5728a8f8
+SHIFT = dict(
+    lower='the ablation gains on the full model with more training',
+    higher='the full model gains on the ablation with more training',
+    **{'not significant': 'no significant change of the gap', 'untested': SAY['untested']},
+)
+
+
+def budgets(rows: list[dict]) -> list[int]:
+    "The budgets (training tokens) at which some run of the batch finished, smallest first."
+    return sorted({r['budget_tokens'] for r in rows if r['status'] == 'ok'})
+
+
+def per_param(rows: list[dict], tokens: int, reference: str = 'full_branch') -> float:
+    "Budget `tokens` in training tokens per non-embedding parameter of `reference`."
+    df = ok_rows(rows, tokens)
+    return df[df.preset_id == reference].tokens_per_param.mean()
+
+
+def budget_shift(rows: list[dict], reference: str = 'full_branch') -> pd.DataFrame:
+    """Each ablation trained at the first and the last budget: its gap to `reference` (bpb, paired by seed) at both,
+    and the gap's change, tested, with q over the ablations so compared."""
+    gap = {t: g for t in budgets(rows) if not (g := gaps(rows, t, reference)).empty}
+    if len(gap) < 2:
+        return pd.DataFrame()
+    t0, t1 = min(gap), max(gap)
+    first, last = gap[t0], gap[t1]
+    out = []
+    for name in first.columns.intersection(last.columns):
+        seeds = first[name].dropna().index.intersection(last[name].dropna().index)
+        if len(seeds):
+            out.append(
+                {
+                    'ablation': name,
+                    'from': t0,
+                    'to': t1,
+                    'tokens/param from': per_param(rows, t0, reference),
+                    'tokens/param to': per_param(rows, t1, reference),
+                    'gap from': first.loc[seeds, name].mean(),
+                    'gap to': last.loc[seeds, name].mean(),
+                    **tested(paired_test(last.loc[seeds, name], first.loc[seeds, name])),
+                }
+            )
+    return (
+        with_verdicts(pd.DataFrame(out).set_index('ablation'), SHIFT, 'lower', 'higher')
+        if out
+        else pd.DataFrame()
     )
 
 # %% ../nbs/13_ablation_report.ipynb #91eb1970
+def scope(rows: list[dict], tokens: int, reference: str = 'full_branch') -> str:
+    "A budget as every finding states it: its tokens, tokens per non-embedding parameter of `reference`, and its seeds."
+    df = ok_rows(rows, tokens)
+    return (
+        f"At {tokens / 1e6:g}M training tokens ({per_param(rows, tokens, reference):.1f} per non-embedding parameter "
+        f"of the full model, {(df.preset_id == reference).sum()} seeds)"
+    )
+
+
 def findings(rows: list[dict], tokens: int) -> list[str]:
     "The ablation study's conclusions at budget `tokens`, as sentences computed from its rows."
     e = effects(rows, tokens)
     if e.empty:
         return [f'No ablation has finished beside the full model at {tokens / 1e6:g}M tokens yet.']
-    lines = []
-    for verdict, meaning in (
-        ('the ablation is worse', 'removing or changing it costs bits per byte: the mechanism helps'),
-        ('the ablation is better', 'the model is better without it'),
-        ('no significant difference', 'no measurable effect at this scale'),
-        ('one seed, untested', 'one seed only, untested'),
-    ):
-        g = e[e.verdict == verdict]
+    at, shift = scope(rows, tokens), budget_shift(rows)
+    count = e.verdict.value_counts()
+    lines = [
+        f"{at}, {len(e)} ablations against the full model, paired by seed (difference = ablation - full model); a "
+        f"difference counts where its 95% interval excludes 0 and its q (Benjamini-Hochberg over the budget's "
+        f"{e.p.notna().sum()} tests) is below {ALPHA}: "
+        + ', '.join(f"{count[SAY[k]]} {w}" for k, w in _COUNTED.items() if SAY[k] in count)
+        + '.'
+    ]
+    for key, meaning in _MEANING.items():
+        g = e[e.verdict == SAY[key]]
         if len(g):
             lines.append(
-                f"{meaning.capitalize()}: "
-                + ', '.join(
-                    f"{k} ({r.difference:+.4f} bpb, p = {r.p:.2g}, {r.params:.2f}x parameters)"
-                    if r.p is not None and not pd.isna(r.p)
-                    else f"{k} ({r.difference:+.4f} bpb)"
-                    for k, r in g.iterrows()
-                )
+                f"{at}, {meaning}: "
+                + '; '.join(_item(k, r, key, shift, tokens) for k, r in g.iterrows())
                 + '.'
             )
-    tested = e[e.p.notna()]
-    found = tested[tested.verdict.isin([SAY['worse'], SAY['better']])]
-    held = found[found.q < 0.05]
-    if len(found):
-        lines.append(
-            f"With the false discovery rate held at 5% over the {len(tested)} tests of this budget (Benjamini-Hochberg), "
-            f"{len(held)} of these {len(found)} differences hold"
-            + (f": {', '.join(held.index)}." if len(held) else '.')
-        )
     twins = [k.removesuffix('@matched') for k in e.index if k.endswith('@matched')]
     lines += [size_or_mechanism(rows, tokens, k) for k in twins if k in e.index]
+    if len(shift) and tokens == shift['from'].iloc[0]:
+        lines.append(_budget_summary(shift))
     r = ranking(rows, tokens)
     if r['spearman'] is not None:
-        ran = 'all' if r['n'] == len(PUBLISHED_ABLATION) else f"the {r['n']} of"
-        lines.append(
-            f"The published ranking of {ran} its {len(PUBLISHED_ABLATION)} configurations run at this budget "
-            f"(best first: {', '.join(r['published'])}) against ours ({', '.join(r['ours'])}): "
-            f"Spearman correlation {r['spearman']:+.2f}."
-        )
+        lines.append(f"{at}, {_ranked(r)}")
     return lines
+
+
+_COUNTED = {
+    'worse': 'worse',
+    'better': 'better',
+    'not significant': 'with no significant difference',
+    'untested': 'untested (one seed)',
+}
+_MEANING = {
+    'worse': 'worse than the full model (what the ablation removed or changed helps)',
+    'better': 'better than the full model (the model is better without what the ablation removed or changed)',
+    'not significant': 'no significant difference from the full model',
+    'untested': 'one seed only, untested',
+}
+
+
+def _item(name: str, r, key: str, shift: pd.DataFrame, tokens: int) -> str:
+    "One ablation in a finding: its difference with its test, its cost, the bound a non-significant one sets, how it moves with tokens."
+    said = f"{name} {stated(r)}, {r.params:.2f}x parameters"
+    if key == 'not significant':
+        said += f": {bound(r)} at this budget"
+    if name in shift.index:
+        s = shift.loc[name]
+        other, gap, was = (
+            (s['to'], s['gap to'], 'is') if tokens == s['from'] else (s['from'], s['gap from'], 'was')
+        )
+        said += (
+            f"; at {other / 1e6:g}M tokens its gap {was} {gap:+.4f} bpb, a change of {stated(s)}: {s.verdict}"
+        )
+    return said
+
+
+def _budget_summary(shift: pd.DataFrame) -> str:
+    "How the gaps move with tokens, over every ablation trained at both budgets."
+    s, n = shift.iloc[0], len(shift)
+    moved = lambda key: (shift.verdict == SHIFT[key]).sum()
+    ratio = shift['gap to'] / shift['gap from']
+    seeds = f"{shift.seeds.min()}" + (
+        f" to {shift.seeds.max()}" if shift.seeds.max() > shift.seeds.min() else ''
+    )
+    return (
+        f"The gaps depend on the budget: of the {n} ablations trained at both {s['from'] / 1e6:g}M and {s['to'] / 1e6:g}M "
+        f"tokens ({s['tokens/param from']:.1f} and {s['tokens/param to']:.1f} per non-embedding parameter of the full "
+        f"model, {seeds} seeds), {moved('lower')} narrow their gap to the full model significantly with more tokens, "
+        f"{moved('higher')} widen it, and {moved('not significant') + moved('untested')} show no significant change "
+        f"(q over these {n} tests); at {s['to'] / 1e6:g}M tokens their gaps are {ratio.min():.0%} to {ratio.max():.0%} "
+        f"of those at {s['from'] / 1e6:g}M. Every other ablation ran at {s['from'] / 1e6:g}M tokens alone: its gap is "
+        "that budget's."
+    )
+
+
+def _ranked(r: dict) -> str:
+    "The ranking test in words, with what its number of items can show."
+    ran = 'all' if r['n'] == len(PUBLISHED_ABLATION) else f"the {r['n']} of"
+    said = (
+        f"the published ranking of {ran} its {len(PUBLISHED_ABLATION)} configurations run at this budget "
+        f"(best first: {', '.join(r['published'])}) against ours ({', '.join(r['ours'])}): Spearman correlation "
+        f"{r['spearman']:+.2f}, exact p = {r['p']:.3g} over the {r['orders']} orders of {r['n']} items"
+    )
+    if r['threshold'] is None:
+        return (
+            said
+            + f": no order of {r['n']} items reaches p < {ALPHA}, so this comparison cannot test the ranking."
+        )
+    reach = f"with {r['n']} items only |rho| >= {r['threshold']:.2f} reaches p < {ALPHA}"
+    if r['p'] < ALPHA:
+        return said + f": the orders {'agree' if r['spearman'] > 0 else 'disagree'} significantly ({reach})."
+    kind = 'agreement' if r['spearman'] > 0 else 'disagreement'
+    return (
+        said
+        + f": not significant. The test can detect only a near-complete agreement or reversal of the two "
+        f"orders ({reach}); it cannot tell a weaker {kind} from none, so it neither confirms nor refutes the "
+        "published ranking."
+    )
+
+
+def twin_tests(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd.DataFrame:
+    "Each ablation against its size-matched twin at budget `tokens`, paired by seed (what matching the size changed), with q over these tests."
+    gap = gaps(rows, tokens, reference)
+    out = []
+    for name in [k for k in gap.columns if f'{k}@matched' in gap.columns]:
+        a, m = gap[name].dropna(), gap[f'{name}@matched'].dropna()
+        seeds = a.index.intersection(m.index)
+        if len(seeds):
+            out.append({'ablation': name, **tested(paired_test(a[seeds], m[seeds]))})
+    return with_verdicts(pd.DataFrame(out).set_index('ablation'), SAY) if out else pd.DataFrame()
 
 
 def size_or_mechanism(rows: list[dict], tokens: int, name: str, reference: str = 'full_branch') -> str:
     """What the matched twin of ablation `name` says at budget `tokens`: is its effect its parameter count's or its
     mechanism's? Read from three paired tests: the ablation against `reference`, its twin against `reference`, and
     the ablation against its twin (what matching the size changed)."""
-    gap = gaps(rows, tokens, reference)
-    a, m = gap[name].dropna(), gap[f'{name}@matched'].dropna()
-    seeds = a.index.intersection(m.index)
-    ta, tm, ts = paired_test(a, 0 * a), paired_test(m, 0 * m), paired_test(a[seeds], m[seeds])
-    va, vm, vs = judge(ta), judge(tm), judge(ts)
-    said = lambda t, v: (
-        f"{SAY[v]} ({t['mean']:+.4f} bpb" + (f", p = {t['p']:.2g})" if t['p'] is not None else ')')
-    )
+    e, tw = effects(rows, tokens, reference), twin_tests(rows, tokens, reference)
+    a, m = e.loc[name], e.loc[f'{name}@matched']
+    key = {v: k for k, v in SAY.items()}
+    va, vm = key[a.verdict], key[m.verdict]
+    vs = key[tw.verdict[name]] if name in tw.index else 'untested'
+    ns = 'not significant'
     if 'untested' in (va, vm, vs):
         reading = 'one seed: no reading yet'
-    elif va == vm == 'equal':
-        reading = 'no effect at either size'
+    elif va == vm == ns:
+        reading = 'no significant difference at either size'
     elif va == vm:
         reading = 'the effect holds at matched size, ' + (
             'so the change itself has it (matching the size made no significant difference)'
-            if vs == 'equal'
+            if vs == ns
             else 'and matching the size moves it: both the change and its parameter count matter'
         )
-    elif vm == 'equal':
+    elif vm == ns:
         reading = (
             'matching the size removes the effect and moves the result significantly: '
             "the effect is the parameter count's"
-            if vs != 'equal'
+            if vs != ns
             else 'not significant at matched size, but neither is what matching the size changed: '
             'these seeds cannot tell size from mechanism'
         )
-    elif va == 'equal':
+    elif va == ns:
         reading = 'an effect only at matched size'
     else:
         reading = 'matching the size reverses the verdict'
+    against = (
+        f"{stated(tw.loc[name])}, q over the budget's {len(tw)} twin comparisons"
+        if name in tw.index
+        else 'untested'
+    )
     return (
-        f"Size or mechanism, {name}: as ablated, {said(ta, va)}; matched in size, {said(tm, vm)}; "
-        f"ablated against matched, {ts['mean']:+.4f} bpb"
-        + (f" (p = {ts['p']:.2g})" if ts['p'] is not None else '')
-        + f": {reading}."
+        f"{scope(rows, tokens, reference)}, size or mechanism, {name}: as ablated, {a.verdict}, {stated(a)}; "
+        f"matched in size, {m.verdict}, {stated(m)}; ablated against matched, {against}: {reading}."
     )
 
 # %% ../nbs/13_ablation_report.ipynb #c303634c
 VERDICT_COLOURS = {
     SAY['worse']: 'tab:red',
     SAY['better']: 'tab:green',
-    SAY['equal']: 'grey',
+    SAY['not significant']: 'grey',
     SAY['untested']: 'black',
 }
 
@@ -260,7 +433,7 @@ def plot_ablations(rows: list[dict], tokens: int, path=None):
     ax.set(
         xlabel='non-embedding parameters',
         ylabel='validation bits per byte',
-        title=f'ablations at {tokens / 1e6:g}M training tokens (squares: size-matched twins)',
+        title=f'{scope(rows, tokens)}\nsquares: size-matched twins',
     )
     ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
     _plot_effects(fx, effects(rows, tokens))
@@ -271,7 +444,7 @@ def plot_ablations(rows: list[dict], tokens: int, path=None):
 
 def _plot_effects(ax, e: pd.DataFrame):
     """Each ablation's difference from the full model (bpb) with its 95% interval, best first, coloured by verdict;
-    hollow where the difference does not hold at a 5% false discovery rate."""
+    its verdict counts the q of its test."""
     e = e.sort_values('difference', ascending=False)
     for y, (name, r) in enumerate(e.iterrows()):
         ci = [[r.difference - r['ci low']], [r['ci high'] - r.difference]] if pd.notna(r['ci low']) else None
@@ -282,7 +455,6 @@ def _plot_effects(ax, e: pd.DataFrame):
             xerr=ci,
             fmt='s' if name.endswith('@matched') else 'o',
             color=colour,
-            mfc=colour if r.q < 0.05 else 'white',
             capsize=3,
         )
     ax.axvline(0, color='grey', ls=':', lw=1)
@@ -292,46 +464,7 @@ def _plot_effects(ax, e: pd.DataFrame):
         title='what each mechanism is worth: right of 0, the ablation is worse (what it removed helps)',
     )
     key = [Line2D([], [], color=c, marker='o', ls='', label=v) for v, c in VERDICT_COLOURS.items()]
-    key.append(Line2D([], [], color='grey', marker='o', mfc='white', ls='', label='hollow: q >= 0.05'))
     ax.legend(handles=key, fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
-
-# %% ../nbs/13_ablation_report.ipynb #5728a8f8
-SHIFT = dict(
-    lower='the ablation gains on the full model with more training',
-    higher='the full model gains on the ablation with more training',
-    equal='the gap holds',
-    untested=SAY['untested'],
-)
-
-
-def budget_shift(rows: list[dict], reference: str = 'full_branch') -> pd.DataFrame:
-    "Each ablation trained at the first and the last budget: its gap to `reference` (bpb, paired by seed) at both, and the gap's change, tested."
-    budgets = sorted({r['budget_tokens'] for r in rows if r['status'] == 'ok'})
-    gap = {t: g for t in budgets if not (g := gaps(rows, t, reference)).empty}
-    if len(gap) < 2:
-        return pd.DataFrame()
-    t0, t1 = min(gap), max(gap)
-    first, last = gap[t0], gap[t1]
-    out = []
-    for name in first.columns.intersection(last.columns):
-        seeds = first[name].dropna().index.intersection(last[name].dropna().index)
-        if not len(seeds):
-            continue
-        t = paired_test(last.loc[seeds, name], first.loc[seeds, name])
-        out.append(
-            {
-                'ablation': name,
-                'seeds': t['n'],
-                f'gap {t0 / 1e6:g}M': first.loc[seeds, name].mean(),
-                f'gap {t1 / 1e6:g}M': last.loc[seeds, name].mean(),
-                'change': t['mean'],
-                'ci low': t['ci'][0] if t['ci'] else None,
-                'ci high': t['ci'][1] if t['ci'] else None,
-                'p': t['p'],
-                'verdict': SHIFT[judge(t, 'lower', 'higher')],
-            }
-        )
-    return pd.DataFrame(out).set_index('ablation') if out else pd.DataFrame()
 
 # %% ../nbs/13_ablation_report.ipynb #d5679d83
 def report(
@@ -349,7 +482,7 @@ def report(
     if not rows:
         raise UserError(f'batch {batch!r} has no rows yet: run `biogpt-ablations` first')
     done = ok_rows(rows)
-    budgets = sorted(set(done.budget_tokens)) if len(done) else []
+    measured = budgets(rows)
     out = dict(
         batch=batch,
         rows=rows,
@@ -362,14 +495,14 @@ def report(
                 ranking=ranking(rows, t),
                 findings=findings(rows, t),
             )
-            for t in budgets
+            for t in measured
         },
         shift=_records(budget_shift(rows)),
     )
     if name:
         figs = Path(figures or results or repo_root() / 'figures')
         figs.mkdir(parents=True, exist_ok=True)
-        for t in budgets:
+        for t in measured:
             plt.close(plot_ablations(rows, t, figs / f'{name}_{t / 1e6:g}M.png'))
         seeds_run = sorted({r['seed'] for r in rows})
         save_result(

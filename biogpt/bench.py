@@ -7,29 +7,27 @@ from __future__ import annotations
 import dataclasses, math, multiprocessing, statistics, tempfile, time
 from functools import partial
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.script import call_parse
-from matplotlib.patches import Rectangle
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from .core import UserError, alternate, count_params, invoked_as, peak_memory_mb, perf_env, save_result
 from .core import matmul_peak, seconds, user_errors
 from .ablations import variants
-from .cortical import attention_heads, layer_zone, neuron_shape
-from .model import BioGPTConfig, BioGPTForCausalLM, generation_gap, param_table, train_flops_per_token
+from .cortical import attention_heads
+from .model import BioGPTConfig, BioGPTForCausalLM, generation_gap
+from .accounting import param_table, train_flops_per_token
 from .neuron import MECHANISMS, BranchFFN, TemporalConv, nmda_trace
 from .pythia import COMPARISON_DATA, RECIPE, SIZES
 from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, param_groups
 
 # %% auto #0
-__all__ = ['ZONE_COLOURS', 'BENCHES', 'kernel_ms', 'autograd_scan', 'bench_nmda', 'bench_temporal_conv', 'bench_branch_ffn',
-           'bench_optimizer', 'matched_neox', 'train_speeds', 'weight_floor', 'bench_generation', 'mechanism_costs',
-           'bench_model', 'bare_steps', 'bench_trainer', 'ablation_models', 'bench_ablations', 'show_published',
-           'draw_layout', 'bench_cli']
+__all__ = ['BENCHES', 'kernel_ms', 'autograd_scan', 'bench_nmda', 'bench_temporal_conv', 'bench_branch_ffn', 'bench_optimizer',
+           'matched_neox', 'train_speeds', 'weight_floor', 'bench_generation', 'mechanism_costs', 'bench_model',
+           'bare_steps', 'bench_trainer', 'ablation_models', 'bench_ablations', 'show_published', 'bench_cli']
 
 # %% ../nbs/15_bench.ipynb #82ac81e1
 def kernel_ms(forms: dict, x: torch.Tensor, rounds: int, backward: bool = True) -> dict[str, float]:
@@ -462,46 +460,6 @@ def show_published(seq_len: int = 1024) -> dict:
         fwd = seconds(lambda: out.update(logits=model(x, use_cache=False).logits))
     print(f"\nforward pass of 1 x {seq_len} tokens: logits {tuple(out['logits'].shape)}, {fwd:.2f}s")
     return dict(params=count_params(model), forward_s=fwd, logits_shape=list(out['logits'].shape))
-
-# %% ../nbs/15_bench.ipynb #9c7e663f
-ZONE_COLOURS = dict(early='#4C72B0', middle='#55A868', late='#C44E52')
-
-
-def draw_layout(layout: list[list], d_model: int, ax=None, soma_ffn_expansion: float = 3.0):
-    "Draw a cortical layout: one row per layer (input at the bottom), one box per neuron split into its branches."
-    ax = ax or plt.subplots(figsize=(7, 0.35 * len(layout) + 1))[1]
-    for i, neurons in enumerate(layout):
-        x, colour = 0.0, ZONE_COLOURS[layer_zone(i, len(layout))]
-        for j, entry in enumerate(neurons):
-            s = neuron_shape(entry, d_model, soma_ffn_expansion, f'[{i}][{j}]')
-            w = s['branch_width'] / d_model
-            for b in range(s['branches']):
-                ax.add_patch(
-                    Rectangle((x + b * w, i + 0.1), w, 0.8, facecolor=colour, edgecolor='white', lw=0.8)
-                )
-            ax.text(
-                x + s['branches'] * w / 2,
-                i + 0.5,
-                f"{s['branches']}x{s['branch_width']}",
-                ha='center',
-                va='center',
-                color='white',
-                fontsize=7,
-            )
-            x += s['branches'] * w + 0.15
-    layers = range(len(layout))
-    ax.set(
-        xlim=(-0.05, 3.4),
-        ylim=(0, len(layout)),
-        yticks=[i + 0.5 for i in layers],
-        yticklabels=[f'layer {i}' for i in layers],
-        xticks=[],
-        title=f'cortical layout (d_model {d_model}): neurons as branches x width',
-    )
-    for z, c in ZONE_COLOURS.items():
-        ax.plot([], [], 's', color=c, label=z)
-    ax.legend(loc='lower right', fontsize=7, frameon=False)
-    return ax
 
 # %% ../nbs/15_bench.ipynb #0d8d7485
 BENCHES = ('model', 'trainer', 'ablations', 'published')

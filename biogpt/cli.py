@@ -10,7 +10,9 @@ from fastcore.script import call_parse
 
 from .core import save_result, user_errors
 from .data import data_table, default_data
-from .pythia import COMPARISON_DATA, MAIN_JOB, STUDY, compare
+from .pythia import MAIN_JOB, STUDY
+from .pythia_report import compare, report_again
+from .study import COMPARISON_DATA
 from .trainer import export_checkpoint
 
 # %% auto #0
@@ -52,18 +54,26 @@ def run_data(
 def main(
     study: bool = False,  # the whole comparison study (`STUDY`: seeds at the main size, a pair at the large size), resumable
     data_only: bool = False,  # stop after stage 1
+    report_only: bool = False,  # write the comparison's report again from the run records its results file holds; train nothing
 ):
     "Run the project on the embedded default data: build the data, then compare BioGPT with its Pythia twin (train, prune, verdict)."
+    name, flags = 'pythia_study' if study else 'pythia', ' --study' * study
     with user_errors('biogpt'):
+        if report_only:
+            report_again(name, command='biogpt --report_only' + flags)
+            return
         data = COMPARISON_DATA['tokenizer'], COMPARISON_DATA['vocab_size'], COMPARISON_DATA['scale']
-        run_data(*data, command='biogpt --data_only' if data_only else 'biogpt' + ' --study' * study)
+        run_data(*data, command='biogpt --data_only' if data_only else 'biogpt' + flags)
         if data_only:
             return
-        compare(
-            STUDY if study else MAIN_JOB,
-            'pythia_study' if study else 'pythia',
-            command='biogpt' + ' --study' * study,
-        )
+        compare(STUDY if study else MAIN_JOB, name, command='biogpt' + flags)
+
+# %% ../nbs/14_cli.ipynb #5c1e0a7d
+#| eval: false
+# `python -m biogpt.cli` is `biogpt`: fastcore's `call_parse` runs a command as it is defined when its module is the
+# script, so `main` has run here; stop before `export_cli` parses the same arguments.
+if __name__ == '__main__':
+    raise SystemExit
 
 # %% ../nbs/14_cli.ipynb #3b5d7e06
 @call_parse

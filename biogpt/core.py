@@ -279,15 +279,16 @@ def _inert_methods(c: ast.ClassDef) -> ast.ClassDef:
 # %% ../nbs/00_core.ipynb #604d74ae
 def _binds(s: ast.stmt) -> list[tuple[str, str]]:
     "(name, code) for each name top-level statement `s` binds; a statement that binds no name is keyed by its own code."
-    # one entry per imported name, so that importing another name changes none
+    # one entry per imported name, so that importing another name changes none; a name imported from one of our own
+    # modules (a relative import) is keyed without the module: where its definition lives, it is judged there
     if isinstance(s, ast.Import | ast.ImportFrom):
-        src = f"from {'.' * s.level}{s.module or ''} " if isinstance(s, ast.ImportFrom) else ''
+        src = f"from {'.' if s.level else s.module} " if isinstance(s, ast.ImportFrom) else ''
         return [(a.asname or a.name.split('.')[0], f'{src}import {a.name}') for a in s.names]
     code = ast.dump(_inert_methods(s) if isinstance(s, ast.ClassDef) else s)
     if isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         return [(s.name, code)]
     if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str):
-        return [('__doc__', code)]
+        return []  # the module's docstring: nothing reads it while a record runs
     targets = s.targets if isinstance(s, ast.Assign) else [getattr(s, 'target', None)]
     names = [n.id for t in targets if t for n in ast.walk(t) if isinstance(n, ast.Name)]
     if names == ['__all__']:  # nbdev's list of exports: only `import *` reads it, and no module of ours does
@@ -321,7 +322,8 @@ def _refers(tree: ast.Module) -> tuple[set[str], set[tuple[str, str]], set[str]]
         if isinstance(n, ast.Name):
             inside.add(n.id)
         elif isinstance(n, ast.ImportFrom):
-            imported |= {((n.module or '').split('.')[-1], a.name) for a in n.names}
+            # a relative import names no module in our sense: the name may come from any of the package's modules
+            imported |= {('.' if n.level else (n.module or '').split('.')[-1], a.name) for a in n.names}
         elif isinstance(n, ast.Attribute):
             reached.add(n.attr)
         elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
@@ -351,7 +353,7 @@ def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
     def used(name):
         "Used inside the file, imported from it (by name or by *), or reachable by attribute or string."
         return name in inside or any(
-            {(module, name), (module, '*')} & imported or name in reached
+            {(module, name), (module, '*'), ('.', name), ('.', '*')} & imported or name in reached
             for _, imported, reached in refers.values()
         )
 
@@ -395,7 +397,7 @@ def changed_since(commit: str | None, paths, root=None) -> list[str] | None:
         return None
 
 # %% ../nbs/00_core.ipynb #24955acc
-MODEL_MODULES = ('neuron', 'cortical', 'feedback', 'model')
+MODEL_MODULES = ('neuron', 'cortical', 'feedback', 'model', 'accounting')
 RESULT_MODULES = dict(  # results file: the modules whose code it measured
     data=('data',),
     data_bench=('data',),
@@ -403,15 +405,17 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     train_cpu=('data', *MODEL_MODULES, 'trainer'),
     train_cpu_gpt_neox=('data', 'trainer'),
     trainer_bench=('data', *MODEL_MODULES, 'trainer', 'bench'),
-    ablations_bench=(*MODEL_MODULES, 'pythia', 'ablations', 'bench'),
+    ablations_bench=(*MODEL_MODULES, 'study', 'pythia', 'ablations', 'bench'),
     pruning=('data', *MODEL_MODULES, 'trainer', 'pruning'),
     lm_eval=('data', *MODEL_MODULES, 'trainer', 'harness'),
-    pythia=('data', *MODEL_MODULES, 'trainer', 'pruning', 'pythia'),
-    pythia_study=('data', *MODEL_MODULES, 'trainer', 'pruning', 'pythia'),
-    ablations=('data', *MODEL_MODULES, 'trainer', 'pythia', 'ablations'),
+    pythia=('data', *MODEL_MODULES, 'trainer', 'pruning', 'study', 'pythia'),
+    pythia_study=('data', *MODEL_MODULES, 'trainer', 'pruning', 'study', 'pythia'),
+    ablations=('data', *MODEL_MODULES, 'trainer', 'study', 'pythia', 'ablations'),
 )
 REPORT_MODULES = dict(  # results file assembled from runs: the modules that turn its runs into its tables
-    ablations=('ablation_report',),
+    pythia=('pythia_report', 'stats'),
+    pythia_study=('pythia_report', 'stats'),
+    ablations=('ablation_report', 'stats'),
 )
 
 

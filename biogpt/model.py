@@ -5,11 +5,10 @@
 # %% ../nbs/05_model.ipynb #54173516
 from __future__ import annotations
 import dataclasses
-from typing import (
-    Literal,
-)  # inherited PreTrainedConfig fields are annotated with it, and dataclasses evaluate field annotations in this module
 
-import pandas as pd
+# inherited PreTrainedConfig fields are annotated with `Literal`, and dataclasses evaluate field annotations in this module
+from typing import Literal  # noqa: F401
+
 import torch
 import torch.nn as nn
 from huggingface_hub.dataclasses import strict
@@ -32,9 +31,8 @@ from .neuron import ACTIVATIONS, FILTER_INPUTS, MECHANISMS, BranchFFN, BranchNor
 from .neuron import NeuronState, Wiggle
 
 # %% auto #0
-__all__ = ['ABLATIONS', 'CACHE_FIELD', 'COMPONENTS', 'COMPONENT_ORDER', 'BioGPTConfig', 'BioGPTPreTrainedModel', 'pick_cache',
-           'BioGPTCache', 'build_layers', 'BioGPTModel', 'BioGPTForCausalLM', 'generation_gap', 'component',
-           'param_table', 'train_flops_per_token']
+__all__ = ['ABLATIONS', 'CACHE_FIELD', 'BioGPTConfig', 'BioGPTPreTrainedModel', 'pick_cache', 'BioGPTCache', 'build_layers',
+           'BioGPTModel', 'BioGPTForCausalLM', 'generation_gap']
 
 # %% ../nbs/05_model.ipynb #a471107d
 @strict
@@ -234,7 +232,7 @@ class BioGPTCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
 
-# %% ../nbs/05_model.ipynb #d7357c8d
+# %% ../nbs/05_model.ipynb #7215ec82
 def build_layers(config: BioGPTConfig) -> list[nn.Module]:
     "The blocks of the stack: cortical layers following the layout, or standard transformer blocks."
     if config.block == 'gpt':
@@ -249,7 +247,7 @@ def build_layers(config: BioGPTConfig) -> list[nn.Module]:
         for shapes in config.layout
     ]
 
-
+# %% ../nbs/05_model.ipynb #98e224db
 class BioGPTModel(BioGPTPreTrainedModel):
     "Embeddings, the cortical stack (with feedback when `n_passes >= 2`) and the final norm."
 
@@ -322,7 +320,7 @@ class BioGPTModel(BioGPTPreTrainedModel):
             last_hidden_state=self.norm(h), **{CACHE_FIELD: cache if use_cache else None}
         )
 
-
+# %% ../nbs/05_model.ipynb #e51c3122
 class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
     "BioGPT with an untied LM head: returns loss and logits like any transformers causal LM."
 
@@ -369,7 +367,7 @@ class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
         )
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
 
-
+# %% ../nbs/05_model.ipynb #ded330dd
 AutoConfig.register(BioGPTConfig.model_type, BioGPTConfig, exist_ok=True)
 AutoModel.register(BioGPTConfig, BioGPTModel, exist_ok=True)
 AutoModelForCausalLM.register(BioGPTConfig, BioGPTForCausalLM, exist_ok=True)
@@ -395,103 +393,3 @@ def generation_gap(
     )
     full = model(g.sequences[:, :-1], use_cache=False).logits[:, prompt.shape[1] - 1 :]
     return (torch.stack(g.logits, 1) - full).abs().max().item()
-
-# %% ../nbs/05_model.ipynb #323fa4db
-COMPONENTS = {
-    'embed_tokens': 'embeddings',
-    'embed_positions': 'embeddings',
-    'lm_head': 'head',
-    'model.norm': 'final norm',
-    'feedback': 'feedback',
-    'qkv': 'attention',
-    '.v.': 'attention',
-    'out.': 'attention',
-    'nmda_decay': 'NMDA',
-    'conv': 'temporal conv',
-    'branch_ffn': 'branch FFN',
-    'branch_norm': 'branch norm',
-    'soma_': 'soma',
-    'proj.': 'neuron projections',
-    'neuron_weights': 'neuron projections',
-    'mlp.': 'MLP',
-    '_ln.': 'layer norm',
-    '.ln.': 'layer norm',
-}
-
-COMPONENT_ORDER = (
-    'embeddings',
-    'attention',
-    'NMDA',
-    'temporal conv',
-    'branch FFN',
-    'branch norm',
-    'soma',
-    'neuron projections',
-    'MLP',
-    'layer norm',
-    'feedback',
-    'final norm',
-    'head',
-)
-
-
-def component(name: str) -> str:
-    "The component a parameter belongs to, from its name (first matching rule of `COMPONENTS`)."
-    return next(c for k, c in COMPONENTS.items() if k in name)
-
-
-def _part(name: str) -> str:
-    if name.startswith('model.layers.'):
-        return f"layer {int(name.split('.')[2]):02d}"
-    return {'embeddings': 'embeddings', 'head': 'head', 'final norm': 'final norm', 'feedback': 'feedback'}[
-        component(name)
-    ]
-
-
-def param_table(model: nn.Module) -> pd.DataFrame:
-    "Parameters by part (embeddings, each layer, feedback, final norm, head) and component, with a total column and total rows."
-    rows = [dict(part=_part(n), component=component(n), n=p.numel()) for n, p in model.named_parameters()]
-    df = pd.DataFrame(rows).pivot_table(
-        index='part', columns='component', values='n', aggfunc='sum', fill_value=0
-    )
-    parts = [
-        'embeddings',
-        *sorted(p for p in df.index if p.startswith('layer')),
-        'feedback',
-        'final norm',
-        'head',
-    ]
-    df = df.loc[[p for p in parts if p in df.index], [c for c in COMPONENT_ORDER if c in df.columns]]
-    df['total'] = df.sum(axis=1)
-    df.loc['total'] = df.sum()
-    df.loc['total non-embedding'] = (
-        df.loc['total'] - df.loc[[p for p in ('embeddings', 'head') if p in df.index]].sum()
-    )
-    return df.astype(int)
-
-# %% ../nbs/05_model.ipynb #b374159b
-def _matmul_params(module: nn.Module, skip=()) -> int:
-    return sum(
-        p.numel() for n, p in module.named_parameters() if p.dim() >= 2 and not any(s in n for s in skip)
-    )
-
-
-def train_flops_per_token(model: PreTrainedModel, seq_len: int) -> float:
-    "Training FLOPs per token: 6 x matmul weights used + 12 x context x attention width (PaLM's estimate), for BioGPT or GPT-NeoX."
-    cfg = model.config
-    if cfg.model_type == 'gpt_neox':
-        n = _matmul_params(model, skip=('embed_in',))
-        return 6 * n + 12 * seq_len * cfg.hidden_size * cfg.num_hidden_layers
-    stack, passes = model.model.layers, cfg.n_passes
-    n = passes * _matmul_params(stack) + _matmul_params(model.lm_head)
-    if passes > 1:
-        n += (passes - 1) * _matmul_params(model.model.feedback)
-    if cfg.block == 'gpt':
-        width = cfg.d_model * cfg.n_layers
-    else:
-        width = (
-            sum(s['branches'] * s['branch_width'] for layer in cfg.layout for s in layer)
-            if cfg.use_attention
-            else 0
-        )
-    return 6 * n + 12 * seq_len * width * passes

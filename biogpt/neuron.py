@@ -46,9 +46,8 @@ def _scan_(x: torch.Tensor, log_lam: torch.Tensor, reverse: bool = False) -> tor
     while step < x.shape[-2]:
         lam = torch.exp(log_lam * step)  # lambda^step
         if reverse:
-            x[..., :-step, :] += (
-                x[..., step:, :] * lam
-            )  # the product is a new tensor: every position reads the previous pass
+            # the product is a new tensor: every position reads the previous pass
+            x[..., :-step, :] += x[..., step:, :] * lam
         else:
             x[..., step:, :] += x[..., :-step, :] * lam
         step *= 2
@@ -61,13 +60,11 @@ class NMDATrace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, decay, trace0):
         dt = torch.promote_types(v.dtype, torch.float32)  # fp32 under any autocast dtype (fp64 for gradcheck)
-        log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(
-            -2
-        )  # (branches, 1, width), broadcast over batch and positions
+        # (branches, 1, width), broadcast over batch and positions
+        log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)
         lam = log_lam.exp()
-        carried = (
-            None if trace0 is None else lam[..., 0, :] * trace0.to(dt)
-        )  # lambda trace_{-1}: enters the trace and the output at t = 0
+        # lambda trace_{-1}: enters the trace and the output at t = 0
+        carried = None if trace0 is None else lam[..., 0, :] * trace0.to(dt)
         trace = (1 - lam) * v.to(dt)  # each position's contribution, then the scan sums them
         if carried is not None:
             trace[..., 0, :] += carried
@@ -77,9 +74,8 @@ class NMDATrace(torch.autograd.Function):
         if carried is not None:
             out[..., 0, :] += carried
         ctx.save_for_backward(v, decay, trace0, trace)
-        return out.to(v.dtype), trace[
-            ..., -1, :
-        ].clone()  # a copy, so a decoding state does not pin the whole trace
+        # a copy, so a decoding state does not pin the whole trace
+        return out.to(v.dtype), trace[..., -1, :].clone()
 
     @staticmethod
     def backward(ctx, g_out, g_last):
@@ -109,9 +105,8 @@ def nmda_trace(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Enrich values `v` (B, branches, T, width) with the NMDA trace of decay logits `decay` (branches, width).
     Returns `v + lambda * trace_{t-1}` and the trace after the last position; `trace0` (B, branches, width) is the trace before the first."""
-    if (
-        v.shape[-2] == 1 and trace0 is not None
-    ):  # one new position (a decoding step): the recurrence itself, two fused ops
+    # one new position (a decoding step): the recurrence itself, two fused ops
+    if v.shape[-2] == 1 and trace0 is not None:
         lam, prev, vf = torch.sigmoid(decay.float()).unsqueeze(-2), trace0.float().unsqueeze(-2), v.float()
         return torch.addcmul(vf, lam, prev).to(v.dtype), torch.lerp(vf, prev, lam).squeeze(-2)
     return NMDATrace.apply(v, decay, trace0)
@@ -174,9 +169,8 @@ def causal_attention(q, k, v, state: NeuronState | None = None, dropout_p: float
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     if T == 1:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(
-        S - T
-    )  # the new block sees the whole past
+    # the new block sees the whole past
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 # %% ../nbs/02_neuron.ipynb #d61ebac9
@@ -194,18 +188,16 @@ class TemporalConv(nn.Conv1d):
         x = torch.cat([past.to(x.dtype), x], 2)
         state.window = x[:, :, -(K - 1) :]
         if x.shape[2] == K:
-            return self.by_windows(
-                x
-            )  # one new position (decoding): the faster form there (timed in the benchmarks chapter)
+            # one new position (decoding): the faster form there (timed in the benchmarks chapter)
+            return self.by_windows(x)
         return self.by_conv(x)
 
     def by_conv(self, x, pad: int = 0):
         "The convolution of `x` (B, branches, L, width) as one grouped `conv1d`, after `pad` zeros on the left (`pad=0`: `x` is padded already)."
         B, nb, L, db = x.shape
         y = F.conv1d(x.transpose(2, 3).reshape(B, nb * db, L), self.weight, self.bias, padding=pad, groups=nb)
-        return y[..., : y.shape[-1] - pad].transpose(
-            1, 2
-        )  # conv1d pads both sides: drop the outputs that saw the right padding
+        # conv1d pads both sides: drop the outputs that saw the right padding
+        return y[..., : y.shape[-1] - pad].transpose(1, 2)
 
     def by_windows(self, x):
         "The convolution of left-padded `x` (B, branches, T+K-1, width): unfolded windows times each branch's kernel, one `baddbmm`."
@@ -280,10 +272,11 @@ class FFN(nn.Module):
 
 # %% ../nbs/02_neuron.ipynb #5f316020
 MECHANISMS = ('attention', 'nmda', 'temporal_conv', 'branch_ffn', 'branch_norm', 'soma_ffn')
+# what the temporal filter reads: the branch input (here) or the attention output (published)
 FILTER_INPUTS = (
     'current',
     'attention',
-)  # what the temporal filter reads: the branch input (here) or the attention output (published)
+)
 
 
 class EfficientBioNeuron(nn.Module):
@@ -311,9 +304,8 @@ class EfficientBioNeuron(nn.Module):
         filter_input: str = 'current',
     ):
         super().__init__()
-        branch_width = (
-            branch_width or d_model // n_branches
-        )  # the configuration has checked the shapes (`BioGPTConfig.layout`)
+        # the configuration has checked the shapes (`BioGPTConfig.layout`)
+        branch_width = branch_width or d_model // n_branches
         self.nb, self.db, self.nmda_tau, self.dropout, self.filter_input = (
             n_branches,
             branch_width,
@@ -355,9 +347,8 @@ class EfficientBioNeuron(nn.Module):
     def forward(self, h, state: NeuronState | None = None):
         B, T, _ = h.shape
         if self.has('attention'):
-            q, k, v = (
-                t.transpose(1, 2) for t in self.qkv(h).view(B, T, 3, self.nb, self.db).unbind(2)
-            )  # (B, branches, T, width) views
+            # (B, branches, T, width) views
+            q, k, v = (t.transpose(1, 2) for t in self.qkv(h).view(B, T, 3, self.nb, self.db).unbind(2))
         else:
             v = self.v(h).view(B, T, self.nb, self.db).transpose(1, 2)  # (B, branches, T, width)
         current = v  # the branch input, before the trace
@@ -368,10 +359,9 @@ class EfficientBioNeuron(nn.Module):
         if self.has('attention'):
             v = causal_attention(q, k, v, state, self.dropout if self.training else 0.0)
         b = v.transpose(1, 2).reshape(B, T, -1)
-        if (
-            self.has('temporal_conv') and self.filter_input == 'attention'
-        ):  # the published wiring: the filter reads the attention
-            f = self.conv(v, state)  # output and reaches the result through the branch FFN
+        # the published wiring: the filter reads the attention output and reaches the result through the branch FFN
+        if self.has('temporal_conv') and self.filter_input == 'attention':
+            f = self.conv(v, state)
             b = b + (self.branch_ffn(f) if self.has('branch_ffn') else f)
         else:
             if self.has('temporal_conv'):

@@ -1,12 +1,29 @@
-"""The project's tests, as nbdev's own CI action runs them, offline.
+"""The project's tests, as nbdev's own CI action runs them, offline, and the pages as a reader sees them.
 
 1. notebooks are clean (`nbdev_clean` changes nothing) and their code is formatted (`ruff format --check nbs`: about 110 columns);
-2. the library is in sync (`nbdev_export` changes nothing in `biogpt/`);
-3. README.md is in sync with `nbs/index.ipynb`, and `.ci/run` runs exactly its test command;
-4. every relative link between pages resolves and every figure a page names exists; the docs inputs are complete
+2. the code passes `ruff check nbs tools` (pyflakes' rules and syntax errors, `[tool.ruff.lint]` in pyproject.toml);
+3. the library is in sync (`nbdev_export` changes nothing in `biogpt/`), and `python -m biogpt.cli --help` shows the
+   options of `biogpt` (the command `python -m biogpt.cli` runs);
+4. README.md is in sync with `nbs/index.ipynb`, and `.ci/run` runs exactly its test command;
+5. every relative link between pages resolves and every figure a page names exists; the docs inputs are complete
    (every page in the sidebar and navbar exists, `_quarto.yml` has one source) and nbdev's processing step for Quarto runs;
-5. every notebook runs top to bottom on CPU (`nbdev.test.test_nb`, the function behind `nbdev_test`),
-   skipping cells flagged with a `tst_flags` flag (`slow`).
+6. the pages as published: each notebook as nbdev hands it to Quarto, rendered to HTML by nbconvert from its stored
+   outputs (nothing runs), shows every `figures/*.png` it names, and the results page shows every verdict sentence of
+   `results/pythia_study.json` and every ablation finding of `results/ablations.json`;
+7. every notebook runs top to bottom on CPU, each in a fresh process, as `nbdev.test.test_nb` runs it (cells flagged
+   with a `tst_flags` flag, `slow`, are skipped and keep their stored outputs), and what each cell shows is what the
+   notebook stores (`tools/pages.py`: `execute`, `differences`): a cell that shows nothing stores nothing; text outputs
+   (streams, text/plain, text/markdown, text/html) equal the stored ones after `pages.normalise` (the repository,
+   temporary and home folders, memory addresses); images match in kind and count (PNG bytes change with matplotlib).
+   A cell whose output varies by nature (timings, floats of a model trained on this CPU, progress) carries the
+   directive `#| volatile`: only the kinds of its outputs are compared. nbdev drops the line when it processes the
+   notebook for the site (it is no Quarto option), so Quarto never sees it.
+   When a page's stored outputs are out of date: `python tools/pages.py nbs/X.ipynb` (executes it and stores what it
+   shows), then commit.
+
+Not part of this run: `python tools/widget_check.py` opens `nbs/results.ipynb` in JupyterLab in headless Chromium,
+runs it, changes a dropdown of the study's explorer and checks that its output changes (needs `chromium` and
+`chromium-driver`, e.g. `apt-get install -y chromium chromium-driver`, and `pip install selenium`).
 
 Prints the versions of Python and the packages that can change a result, one line per check and a closing
 `N passed, N failed` line; exits non-zero on any failure.
@@ -40,10 +57,33 @@ def check_format():
     if r.returncode: raise AssertionError(f'{r.stdout.strip()}: run `ruff format nbs` (and `nbdev_export`) and commit')
 
 
+def check_lint():
+    r = subprocess.run(['ruff', 'check', '--output-format', 'concise', 'nbs', 'tools'], capture_output=True, text=True)
+    if r.returncode: raise AssertionError(f'{r.stdout.strip()}\nfix them (`ruff check --fix nbs tools` removes unused imports), `nbdev_export`, and commit')
+
+
 def check_export():
     before = snapshot('biogpt')
     subprocess.run(['nbdev_export'], check=True)
     if diff := changed(before, snapshot('biogpt')): raise AssertionError(f'nbdev_export changed {diff}: the library is out of sync with its notebooks; run `nbdev_export` and commit')
+
+
+def check_module_cli():
+    "`python -m biogpt.cli` runs `biogpt` (`main`) and no other command: its help names every option of `main`, and run as a script it returns after `main`."
+    import inspect
+    from biogpt.cli import main
+    r = subprocess.run([sys.executable, '-m', 'biogpt.cli', '--help'], capture_output=True, text=True, timeout=120)
+    options = [f'--{p}' for p in inspect.signature(main).parameters]
+    assert r.returncode == 0 and all(o in r.stdout for o in options), f'`python -m biogpt.cli --help` should show {options} (exit 0); it shows:\n{r.stdout}{r.stderr}'
+    # the module as a script, with main's first step stopped: it must end after main, before another command parses argv
+    probe = ('import contextlib, runpy, biogpt.core, biogpt.data\n'
+             'class Stop(Exception): pass\n'
+             'def stop(*args, **kwargs): raise Stop\n'
+             'biogpt.data.default_data = stop\n'
+             "biogpt.core.user_errors = lambda name: (print('ran', name), contextlib.suppress(Stop))[1]\n"
+             "runpy.run_module('biogpt.cli', run_name='__main__', alter_sys=True)\n")
+    r = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ['ran', 'biogpt'], f'`python -m biogpt.cli` should run `biogpt` alone; it ran:\n{r.stdout}{r.stderr}'
 
 
 def check_readme():
@@ -69,7 +109,7 @@ def check_links():
                 for target in re.findall(r'\]\(([^)\s]+)\)', src):
                     if re.match(r'[a-z]+:', target) or target.startswith('#'): continue   # a web address or an anchor on the page
                     if not (nb.parent/target.split('#')[0]).exists(): bad.append(f'{nb.name} links to {target}')
-            for fig in re.findall(r"figures['\"]?\s*/\s*f?['\"]([\w.-]+\.png)['\"]", src) + re.findall(r'figures/([\w.-]+\.png)', src):
+            for fig in named_figures(c):
                 if not (ROOT/'figures'/fig).exists(): bad.append(f'{nb.name} shows figures/{fig}')
     assert not bad, 'links or figures that do not resolve: ' + '; '.join(bad)
 
@@ -103,27 +143,70 @@ def check_docs():
     assert (cache/'_quarto.yml').exists()
 
 
+def named_figures(cell) -> list[str]:
+    "The `figures/*.png` files a cell names (a path, or the folder and name joined in code)."
+    src = ''.join(cell['source'])
+    return re.findall(r"figures['\"]?\s*/\s*f?['\"]([\w.-]+\.png)['\"]", src) + re.findall(r'figures/([\w.-]+\.png)', src)
+
+
+def page_text(html: str) -> str:
+    "The text a reader sees in `html`, with white space collapsed."
+    import html as h
+    return ' '.join(h.unescape(re.sub(r'<[^>]+>', '', re.sub(r'<(script|style)\b.*?</\1>', '', html, flags=re.S))).split())
+
+
+def check_pages():
+    """Each page as the site shows it: nbdev's processed notebook (what Quarto renders, hidden cells gone), rendered to
+    HTML by nbconvert from its stored outputs, nothing executed."""
+    from nbconvert import HTMLExporter
+    from nbdev.serve import proc_nbs
+    cache, exporter, bad = proc_nbs(n_workers=0), HTMLExporter(template_name='basic'), []
+    html = {nb.name: exporter.from_filename(str(cache/nb.name))[0] for nb in sorted((ROOT/'nbs').glob('*.ipynb'))}
+    for name, page in html.items():
+        imgs, named, shown = re.findall(r'<img\b[^>]*\bsrc="([^"]+)"', page), {}, set()
+        for i, cell in enumerate(json.loads((ROOT/'nbs'/name).read_text())['cells']):
+            pngs = [''.join(o['data']['image/png']).strip()[:200] for o in cell.get('outputs', []) if 'image/png' in o.get('data', {})]
+            for fig in named_figures(cell):
+                named.setdefault(fig, i)
+                if (any(src.endswith(f'figures/{fig}') for src in imgs) if cell['cell_type'] == 'markdown'
+                        else any(f'data:image/png;base64,{p}' in page for p in pngs)): shown.add(fig)
+        bad += [f'{name} names figures/{fig} (cell {i}) but no cell that names it shows it on the page (a `#| slow` cell keeps '
+                'the outputs it has; a cell that runs can show the file: `Image(filename=...)`)' for fig, i in named.items() if fig not in shown]
+    text = page_text(html['results.ipynb'])
+    verdicts = json.loads((ROOT/'results'/'pythia_study.json').read_text())['results']['verdict']['text']
+    budgets = json.loads((ROOT/'results'/'ablations.json').read_text())['results']['budgets']
+    findings = [line for b in budgets.values() for line in b['findings']]
+    bad += [f'results.ipynb does not show the verdict: {v}' for v in verdicts if ' '.join(v.split()) not in text]
+    bad += [f'results.ipynb does not show the ablation finding: {f}' for f in findings if ' '.join(f.split()) not in text]
+    assert not bad, ('the pages as published (stored outputs) lack what they must show; where the code shows it, the stored '
+                     'outputs are out of date: `python tools/pages.py nbs/<page>.ipynb` stores them, then commit:\n' + '\n'.join(bad))
+
+
 def run_notebooks():
-    import multiprocessing
-    from functools import partial
-    from nbdev.config import get_config
-    from nbdev.test import test_nb
-    cfg = get_config()
-    files = sorted(p.absolute() for p in cfg.nbs_path.glob('*.ipynb'))
+    "Every notebook, each in a fresh process, its outputs compared with the stored ones (`tools/pages.py`)."
+    from pages import differences, execute_all
     # A fresh process for each notebook, as in JupyterLab: a chapter's exported cells run in its kernel and register their
-    # classes with transformers' Auto classes, which must not leak into the next chapter (nbdev_test reuses its workers).
-    run = partial(test_nb, skip_flags=cfg.tst_flags.split(), force_flags=[], basepath=cfg.config_path)
-    with multiprocessing.get_context('spawn').Pool(min(2, os.cpu_count()), maxtasksperchild=1) as pool: res = pool.map(run, files, chunksize=1)
-    return [(f'notebook {f.name}', ok, t) for f, (ok, t) in zip(files, res)]
+    # classes with transformers' Auto classes, which must not leak into the next chapter.
+    files = sorted((ROOT/'nbs').glob('*.ipynb'))
+    results = []
+    for f, run in zip(files, execute_all(files)):
+        problems = run['problems'] or differences(f, run)
+        if run['problems']: print('\n'.join(run['problems']), file=sys.stderr)
+        elif problems: print(f'  stored outputs of {f.name} are out of date (`python tools/pages.py nbs/{f.name}` stores them; then commit):\n  '
+                             + '\n  '.join(problems), file=sys.stderr)
+        results.append((f'notebook {f.name}', not problems, run['seconds']))
+    return results
 
 
 def main():
     from biogpt.core import versions
     print('versions: ' + ', '.join(f'{k} {v}' for k, v in versions().items()), flush=True)
     results = []
-    for name, check in [('notebooks are clean', check_clean), ('code is formatted', check_format), ('library is in sync', check_export),
+    for name, check in [('notebooks are clean', check_clean), ('code is formatted', check_format), ('lint', check_lint),
+                        ('library is in sync', check_export), ('python -m biogpt.cli runs biogpt', check_module_cli),
                         ('README is in sync', check_readme), ('CI runs the README test command', check_ci),
-                        ('links between pages and to figures resolve', check_links), ('docs inputs and nbdev processing', check_docs)]:
+                        ('links between pages and to figures resolve', check_links), ('docs inputs and nbdev processing', check_docs),
+                        ('the pages as published show their figures and verdicts', check_pages)]:
         t = time.time()
         try: check(); ok = True
         except Exception as e: ok = False; print(f'  {type(e).__name__}: {e}', file=sys.stderr)
