@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #308ff451
 from __future__ import annotations
-import ast, contextlib, copy, datetime, importlib.metadata, io, json, os, platform, re, resource, shutil, subprocess, sys, tempfile, time
+import ast, contextlib, copy, datetime, importlib.metadata, io, json, os, platform, resource, shutil, subprocess, sys, tempfile, time
 from functools import partial
 from pathlib import Path
 
@@ -86,9 +86,10 @@ def git_commit(path=None) -> str | None:
         sha = run('rev-parse', 'HEAD')
         if sha.returncode:
             return None
+        # outputs do not make the code dirty
         dirty = run(
             'status', '--porcelain', '--untracked-files=no', '--', '.', ':!results', ':!figures'
-        ).stdout.strip()  # outputs do not make the code dirty
+        ).stdout.strip()
         return sha.stdout.strip() + ('+dirty' if dirty else '')
     except (OSError, subprocess.SubprocessError):
         return None
@@ -102,13 +103,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# the packages whose version can change a result
 STACK = (
     'torch',
     'transformers',
     'accelerate',
     'datasets',
     'tokenizers',
-)  # the packages whose version can change a result
+)
 
 
 def versions() -> dict:
@@ -200,9 +202,8 @@ def embedding_modules(model) -> list[torch.nn.Module]:
 def count_params(model) -> dict:
     "Total parameters, and non-embedding parameters (without the embedding tables and an untied LM head)."
     total = sum(p.numel() for p in model.parameters())
-    emb = {
-        id(p): p.numel() for m in embedding_modules(model) for p in m.parameters(recurse=False)
-    }  # a tied table once
+    # a tied table once
+    emb = {id(p): p.numel() for m in embedding_modules(model) for p in m.parameters(recurse=False)}
     return dict(total=total, non_embedding=total - sum(emb.values()))
 
 # %% ../nbs/00_core.ipynb #943e98e7

@@ -89,7 +89,21 @@ class CorticalLayer(GradientCheckpointingLayer):
             self.neuron_weights = nn.Parameter(torch.zeros(len(shapes)))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h, states: list[NeuronState] | None = None):
+    def forward(self, h: torch.Tensor, states: list[NeuronState] | None = None) -> torch.Tensor:
+        """The residual stream after this layer's neurons: `h` plus their projected outputs, mixed by
+        `softmax(neuron_weights)` (one neuron: its output alone), after dropout.
+
+        Args:
+            h (`torch.FloatTensor` of shape `(batch, seq_len, d_model)`):
+                The residual stream.
+            states (`list[NeuronState]`, *optional*):
+                The decoding memory of each neuron, in the order of the layer's neurons: given, `h` continues
+                the sequence they hold and each is updated in place. `None`: `h` is a whole sequence from its
+                start.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch, seq_len, d_model)`.
+        """
         x = self.ln(h)
         outs = [
             proj(neuron(x, None if states is None else s))
@@ -122,7 +136,21 @@ class GPTBlock(GradientCheckpointingLayer):
         self.mlp_ln, self.mlp = nn.LayerNorm(d_model), FFN(d_model, int(ffn_expansion * d_model), activation)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h, states: list[NeuronState] | None = None):
+    def forward(self, h: torch.Tensor, states: list[NeuronState] | None = None) -> torch.Tensor:
+        """The residual stream after causal multi-head attention and the MLP, each pre-LN, added with
+        dropout.
+
+        Args:
+            h (`torch.FloatTensor` of shape `(batch, seq_len, d_model)`):
+                The residual stream.
+            states (`list[NeuronState]`, *optional*):
+                The decoding memory, a list of one (the signature of `CorticalLayer`'s, so that the model runs
+                either block alike): `states[0]` holds the attention's keys and values, and `h` continues its
+                sequence. `None`: `h` is a whole sequence from its start.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch, seq_len, d_model)`.
+        """
         B, T, d = h.shape
         q, k, v = self.qkv(self.attn_ln(h)).view(B, T, 3, self.nh, d // self.nh).permute(2, 0, 3, 1, 4)
         a = causal_attention(

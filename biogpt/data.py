@@ -69,9 +69,8 @@ def stdlib_docs(max_bytes: int = 4_000_000) -> dict[str, str]:
         dirs[:] = [d for d in dirs if d not in skip and not d.startswith('.')]  # prune before descending
         files += [Path(folder) / n for n in names if n.endswith('.py') and not n.startswith('test_')]
     docs, total = {}, 0
-    for f in sorted(
-        files, key=lambda f: _unit_hash('select:' + f.relative_to(root).as_posix())
-    ):  # salted: independent of the split
+    # salted: independent of the split
+    for f in sorted(files, key=lambda f: _unit_hash('select:' + f.relative_to(root).as_posix())):
         if total >= max_bytes:
             break
         try:
@@ -390,9 +389,8 @@ class Corpus:
         )
 
 # %% ../nbs/01_data.ipynb #553a29db
-DEFAULT_BYTES = dict(
-    shakespeare=None, code=4_000_000, math=3_000_000, data=3_000_000
-)  # None: all 38 plays (about 5 MB)
+# None: all 38 plays (about 5 MB)
+DEFAULT_BYTES = dict(shakespeare=None, code=4_000_000, math=3_000_000, data=3_000_000)
 
 
 def default_corpus(scale: float = 1.0, seed: int = 0, valid_frac: float = 0.1) -> Corpus:
@@ -840,9 +838,8 @@ def _sample(
     p = np.array([weights[d] for d in doms], float) if weights else sizes.astype(float)
     rng = np.random.default_rng([seed, step])
     which = rng.choice(len(doms), size=batch_size, p=p / p.sum())
-    starts = rng.integers(
-        0, sizes[which] - seq_len
-    )  # the window [start, start + seq_len] stays inside its split
+    # the window [start, start + seq_len] stays inside its split
+    starts = rng.integers(0, sizes[which] - seq_len)
     out, offs = np.empty((batch_size, seq_len + 1), np.int64), np.arange(seq_len + 1)
     for k in np.unique(which):
         rows = which == k

@@ -23,12 +23,23 @@ class Wiggle(nn.Module):
         self.omega, self.phi, self.baseline = (nn.Parameter(torch.empty(shape)) for _ in range(3))
         self.reset_parameters()
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
+        "omega 1, phi and baseline 0: the activation starts as `sin(x) * tanh(x)`."
         nn.init.ones_(self.omega)
         nn.init.zeros_(self.phi)
         nn.init.zeros_(self.baseline)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The activation of pre-activations `x`, elementwise.
+
+        Args:
+            x (`torch.Tensor` of shape `(..., *shape)`):
+                Pre-activations whose last dimensions broadcast with the learned `omega`, `phi` and `baseline`
+                (of the `shape` given at construction).
+
+        Returns:
+            `torch.Tensor` of the shape of `x`: `sin(omega * x + phi) * tanh(x) + baseline`.
+        """
         return torch.sin(self.omega * x + self.phi) * torch.tanh(x) + self.baseline
 
 
@@ -58,7 +69,26 @@ class NMDATrace(torch.autograd.Function):
     "The NMDA trace with its adjoint written out: forward is one scan, backward one reverse scan; only the trace is saved."
 
     @staticmethod
-    def forward(ctx, v, decay, trace0):
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        v: torch.Tensor,
+        decay: torch.Tensor,
+        trace0: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The enriched values and the last trace, computed in float32 (float64 under float64 inputs).
+
+        Args:
+            v (`torch.Tensor` of shape `(batch, branches, seq_len, width)`):
+                The branch values, one row per position.
+            decay (`torch.Tensor` of shape `(branches, width)`):
+                Decay logits: each channel's retention is `lambda = sigmoid(decay)`.
+            trace0 (`torch.Tensor` of shape `(batch, branches, width)`, or `None`):
+                The trace before the first position (a decoding state); `None` is a zero trace.
+
+        Returns:
+            A tuple of `out` (`torch.Tensor` like `v`, in the dtype of `v`): `v_t + lambda * trace_{t-1}`, and
+            the trace after the last position (`torch.Tensor` of shape `(batch, branches, width)`, float32).
+        """
         dt = torch.promote_types(v.dtype, torch.float32)  # fp32 under any autocast dtype (fp64 for gradcheck)
         # (branches, 1, width), broadcast over batch and positions
         log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)
@@ -78,7 +108,21 @@ class NMDATrace(torch.autograd.Function):
         return out.to(v.dtype), trace[..., -1, :].clone()
 
     @staticmethod
-    def backward(ctx, g_out, g_last):
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, g_out: torch.Tensor, g_last: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The gradients of `v`, `decay` and `trace0`, by one reverse scan over the saved trace.
+
+        Args:
+            g_out (`torch.Tensor` of shape `(batch, branches, seq_len, width)`):
+                The gradient of the loss with respect to `out`.
+            g_last (`torch.Tensor` of shape `(batch, branches, width)`):
+                The gradient with respect to the last trace (zeros when the trace was not used).
+
+        Returns:
+            A tuple of the gradients of `v` (its shape and dtype), of `decay` (its shape and dtype) and of
+            `trace0` (`None` when `trace0` was `None`).
+        """
         v, decay, trace0, trace = ctx.saved_tensors
         dt = trace.dtype
         log_lam = F.logsigmoid(decay.to(dt)).unsqueeze(-2)
@@ -180,7 +224,21 @@ class TemporalConv(nn.Conv1d):
     def __init__(self, width: int, n_branches: int, kernel: int = 5):
         super().__init__(width, width, kernel, groups=n_branches)
 
-    def forward(self, x, state: NeuronState | None = None):
+    def forward(self, x: torch.Tensor, state: NeuronState | None = None) -> torch.Tensor:
+        """The causal convolution of each branch's signal over positions.
+
+        Args:
+            x (`torch.Tensor` of shape `(batch, branches, seq_len, branch_width)`):
+                Each branch's signal at each position.
+            state (`NeuronState`, *optional*):
+                The neuron's decoding memory. Given, `x` continues the sequence it holds: its `window` (the
+                last `kernel - 1` positions seen, zeros at the start) is prepended and then updated in place.
+                `None`: `x` is a whole sequence from its start, zero-padded on the left.
+
+        Returns:
+            `torch.Tensor` of shape `(batch, seq_len, branches * branch_width)`: position `t` of each branch's
+            output sees positions `t - kernel + 1 .. t` of that branch only.
+        """
         K = self.kernel_size[0]
         if state is None:
             return self.by_conv(x, K - 1)  # the convolution pads: no padded copy of the input
@@ -192,14 +250,14 @@ class TemporalConv(nn.Conv1d):
             return self.by_windows(x)
         return self.by_conv(x)
 
-    def by_conv(self, x, pad: int = 0):
+    def by_conv(self, x: torch.Tensor, pad: int = 0) -> torch.Tensor:
         "The convolution of `x` (B, branches, L, width) as one grouped `conv1d`, after `pad` zeros on the left (`pad=0`: `x` is padded already)."
         B, nb, L, db = x.shape
         y = F.conv1d(x.transpose(2, 3).reshape(B, nb * db, L), self.weight, self.bias, padding=pad, groups=nb)
         # conv1d pads both sides: drop the outputs that saw the right padding
         return y[..., : y.shape[-1] - pad].transpose(1, 2)
 
-    def by_windows(self, x):
+    def by_windows(self, x: torch.Tensor) -> torch.Tensor:
         "The convolution of left-padded `x` (B, branches, T+K-1, width): unfolded windows times each branch's kernel, one `baddbmm`."
         K = self.kernel_size[0]
         B, nb, L, db = x.shape
@@ -226,14 +284,23 @@ class BranchFFN(nn.Module):
         self.act = make_activation(activation, (nb, 1, hid))
         self.reset_parameters()
 
-    def reset_parameters(self, std: float = 0.02):
+    def reset_parameters(self, std: float = 0.02) -> None:
         "Normal(0, std) weights, zero biases: the rule the model applies to every matrix."
         for w in (self.w1, self.w2):
             nn.init.normal_(w, std=std)
         for b in (self.b1, self.b2):
             nn.init.zeros_(b)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each branch's FFN applied to its own channels.
+
+        Args:
+            x (`torch.Tensor` of shape `(batch, seq_len, branches * branch_width)`):
+                The branch outputs side by side: `branch_width` channels per branch, in branch order.
+
+        Returns:
+            `torch.Tensor` of the shape of `x`: branch `j`'s channels through branch `j`'s FFN.
+        """
         B, T, _ = x.shape
         h = x.reshape(B * T, self.nb, self.db).transpose(0, 1)  # (branches, B*T, width)
         h = self.act(torch.baddbmm(self.b1, h, self.w1))
@@ -251,7 +318,17 @@ class BranchNorm(nn.Module):
             nn.Parameter(torch.zeros(n_branches * branch_width)),
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each branch's channels normalised at each position, then scaled and shifted per channel.
+
+        Args:
+            x (`torch.Tensor` of shape `(..., branches * branch_width)`):
+                The branch outputs side by side: `branch_width` channels per branch, in branch order.
+
+        Returns:
+            `torch.Tensor` of the shape of `x`: each branch's slice at zero mean and unit variance, times
+            `weight` plus `bias`.
+        """
         y = F.layer_norm(x.unflatten(-1, (self.nb, self.db)), (self.db,), eps=self.eps).flatten(-2)
         return y * self.weight + self.bias  # two ops: one addcmul measured slower here, forward and backward
 
@@ -267,7 +344,16 @@ class FFN(nn.Module):
             nn.Linear(hidden, d_model, bias=bias),
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The FFN of features `x`.
+
+        Args:
+            x (`torch.Tensor` of shape `(..., d_model)`):
+                The input features (the normalised residual stream, or a soma's output).
+
+        Returns:
+            `torch.Tensor` of shape `(..., d_model)`: `down(act(up(x)))`.
+        """
         return self.down(self.act(self.up(x)))
 
 # %% ../nbs/02_neuron.ipynb #5f316020
@@ -344,7 +430,23 @@ class EfficientBioNeuron(nn.Module):
         "Whether this neuron has `mechanism` (one of `MECHANISMS`)."
         return mechanism in self.mechanisms
 
-    def forward(self, h, state: NeuronState | None = None):
+    def forward(self, h: torch.Tensor, state: NeuronState | None = None) -> torch.Tensor:
+        """The neuron's output at the positions of `h`: its branches (attention, NMDA trace, filter, branch
+        FFN and norm, each where switched on), their projection to the soma, and the soma FFN.
+
+        Args:
+            h (`torch.FloatTensor` of shape `(batch, seq_len, d_model)`):
+                The normalised residual stream (the layer's LayerNorm output).
+            state (`NeuronState`, *optional*):
+                The neuron's decoding memory. Given, `h` continues the sequence it holds: the attention reads
+                its keys and values, the NMDA trace and the filter carry on from its trace and window (each
+                where switched on), and it is updated in place. `None`: `h` is a whole sequence from its
+                start.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch, seq_len, d_model)`: the soma's output (not added to `h`: the
+            layer adds it to the residual stream).
+        """
         B, T, _ = h.shape
         if self.has('attention'):
             # (B, branches, T, width) views
