@@ -16,7 +16,7 @@ from fastcore.script import call_parse
 from scipy import stats
 
 from .core import UserError, biogpt_home, invoked_as, perf_env, repo_root, save_figure, save_result
-from .core import user_errors
+from .core import load_result, user_errors
 from .stats import ALPHA, as_test, describe, paired_test, with_verdicts
 from .stats import SAY as NO_VERDICT
 from .study import COMPARISON_DATA, RECIPE, SIZES
@@ -25,7 +25,7 @@ from .ablations import MATRIX, SEEDS, TOLERANCE, read_rows, run_matrix
 # %% auto #0
 __all__ = ['SAY', 'PUBLISHED_ABLATION', 'SHIFT', 'VERDICT_COLOURS', 'ok_rows', 'gaps', 'tested', 'stated', 'bound', 'effects',
            'throughput', 'rank_test', 'ranking', 'budgets', 'per_param', 'budget_shift', 'scope', 'findings',
-           'twin_tests', 'size_or_mechanism', 'plot_ablations', 'report', 'ablations_cli']
+           'twin_tests', 'size_or_mechanism', 'plot_ablations', 'recorded_rows', 'report', 'ablations_cli']
 
 # %% ../nbs/16_ablation_report.ipynb #b30e2c8b
 SAY = dict(better='the ablation is better', worse='the ablation is worse', **NO_VERDICT)
@@ -443,6 +443,16 @@ def _plot_effects(ax, e: pd.DataFrame):
     key = [Line2D([], [], color=c, marker='o', ls='', label=v) for v, c in VERDICT_COLOURS.items()]
     ax.legend(handles=key, fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
 
+# %% ../nbs/16_ablation_report.ipynb #acae54e37e7d407bbb7b55eff062a284
+def recorded_rows(batch: str, name: str | None = 'ablations', results=None) -> list[dict]:
+    """The rows of `batch` as `results/<name>.json` recorded them (none when there is no such file or it records another
+    batch): what a report reads on a machine that did not run the matrix, such as a fresh clone."""
+    path = Path(results or repo_root() / 'results') / f'{name}.json'
+    if not name or not path.exists():
+        return []
+    recorded = load_result(name, folder=results)['results']
+    return recorded['rows'] if recorded.get('batch') == batch else []
+
 # %% ../nbs/16_ablation_report.ipynb #d5679d83
 def report(
     batch: str = 'study',
@@ -455,7 +465,7 @@ def report(
     seeds=SEEDS,
 ) -> dict:
     "Effects, throughput, ranking and findings at each budget of a batch's rows; recorded as `results/<name>.json` with its figures."
-    rows = read_rows(Path(home or biogpt_home()) / 'ablations' / batch)
+    rows = read_rows(Path(home or biogpt_home()) / 'ablations' / batch) or recorded_rows(batch, name, results)
     if not rows:
         raise UserError(f'batch {batch!r} has no rows yet: run `biogpt-ablations` first')
     done = ok_rows(rows)
