@@ -17,11 +17,14 @@ a warning to stderr is an error: the command names it and writes nothing for tha
 kind and count; cells flagged `#| volatile` (outputs that vary by nature: timings, floats of a model trained on this
 CPU, progress) by the kinds of their outputs only.
 """
-
 import difflib, json, multiprocessing, os, re, sys, tempfile, time, traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Progress bars are a reader's live feedback in JupyterLab, not a page's content: the stored pages carry none (and their
+# rates would differ on every run). Set before any notebook imports tqdm or huggingface_hub, which read them on import.
+os.environ.setdefault('TQDM_DISABLE', '1')
+os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 VOLATILE = 'volatile'  # the directive of a cell whose outputs vary by nature: only their kinds are compared
 WIDGET = 'application/vnd.jupyter.widget-view+json'
 WARNING = re.compile(r'\b\w*Warning\b|\bwarn(ing)?\b', re.I)  # a warning written to stderr
@@ -46,14 +49,12 @@ def directives(cell) -> dict:
 
 def runs(cell, skip_flags) -> bool:
     "Whether nbdev's test runs `cell` (the same rule as `nbdev.test.test_nb`)."
-    if cell['cell_type'] != 'code' or 'nbdev_export' + '(' in ''.join(cell['source']):
-        return False
+    if cell['cell_type'] != 'code' or 'nbdev_export' + '(' in ''.join(cell['source']): return False
     d = directives(cell)
     return d.get('eval:', [''])[0].lower() != 'false' and not set(skip_flags) & d.keys()
 
 
-def _lines(text):
-    return text.splitlines(True)
+def _lines(text): return text.splitlines(True)
 
 
 def tidy(outputs: list, where: str, problems: list) -> list:
@@ -64,23 +65,16 @@ def tidy(outputs: list, where: str, problems: list) -> list:
     for o in outputs:
         if o['output_type'] == 'stream':
             text = strip_ansi(''.join(o['text']))
-            if o['name'] == 'stderr' and WARNING.search(text):
-                problems.append(f'{where} writes a warning: {text.strip()[:300]}')
-            if text.strip():
-                kept.append(
-                    dict(output_type='stream', name=o['name'], text=_lines(text))
-                )  # not a bare '\r' of a widget
+            if o['name'] == 'stderr' and WARNING.search(text): problems.append(f'{where} writes a warning: {text.strip()[:300]}')
+            if text.strip(): kept.append(dict(output_type='stream', name=o['name'], text=_lines(text)))  # not a bare '\r' of a widget
             continue
         data = {k: v for k, v in o['data'].items() if k != WIDGET}
-        if 'image/png' in data:
-            data = {k: v for k, v in data.items() if k == 'image/png' or k not in IMAGES}
-        if unwanted := [k for k in data if k in IMAGES and k != 'image/png']:
-            problems.append(f'{where} shows a figure as {unwanted}, not PNG')
+        if 'image/png' in data: data = {k: v for k, v in data.items() if k == 'image/png' or k not in IMAGES}
+        if unwanted := [k for k in data if k in IMAGES and k != 'image/png']: problems.append(f'{where} shows a figure as {unwanted}, not PNG')
         data = {k: _lines(strip_ansi(''.join(v))) if k.startswith('text/') else v for k, v in data.items()}
         meta = {k: v for k, v in o.get('metadata', {}).items() if k in data}
         out = dict(output_type=o['output_type'], data=data, metadata=meta)
-        if o['output_type'] == 'execute_result':
-            out['execution_count'] = None
+        if o['output_type'] == 'execute_result': out['execution_count'] = None
         kept.append(out)
     return kept
 
@@ -99,15 +93,10 @@ def execute(path) -> dict:
     sys.path.insert(0, str(cfg.config_path))
     os.environ['IN_TEST'] = '1'  # as nbdev's test_nb
     nb = json.loads(path.read_text())
-    shell, fresh, problems = (
-        CaptureShell(path, mpl_format='png'),
-        {},
-        [],
-    )  # PNG at the figure's size (retina doubles it)
+    shell, fresh, problems = CaptureShell(path, mpl_format='png'), {}, []  # PNG at the figure's size (retina doubles it)
     with working_directory(path.parent):
         for i, cell in enumerate(nb['cells']):
-            if not runs(cell, cfg.tst_flags.split()):
-                continue
+            if not runs(cell, cfg.tst_flags.split()): continue
             where = f'{path.name} cell {i} ({"".join(cell["source"]).splitlines()[0][:60]!r})'
             outs = shell.run(''.join(cell['source']))
             if shell.exc:
@@ -115,15 +104,9 @@ def execute(path) -> dict:
                 break
             fresh[i] = tidy(outs, where, problems)
     cells = [dict(cell_type='code', source=[], metadata={}, outputs=o) for o in fresh.values()]
-    clean_nb(
-        dict(cells=cells, metadata={}), clean_ids=cfg.clean_ids
-    )  # what nbdev_clean does to stored outputs
-    return dict(
-        outputs={i: c['outputs'] for i, c in zip(fresh, cells)},
-        sources=[''.join(c['source']) for c in nb['cells']],
-        problems=problems,
-        seconds=time.time() - t0,
-    )
+    clean_nb(dict(cells=cells, metadata={}), clean_ids=cfg.clean_ids)  # what nbdev_clean does to stored outputs
+    return dict(outputs={i: c['outputs'] for i, c in zip(fresh, cells)}, sources=[''.join(c['source']) for c in nb['cells']],
+                problems=problems, seconds=time.time() - t0)
 
 
 def kinds(outputs) -> list:
@@ -133,12 +116,8 @@ def kinds(outputs) -> list:
 
 def texts(outputs) -> list:
     "The text of a cell's outputs (streams and every text/* MIME type), normalised."
-    return [
-        normalise(''.join(o['text'] if 'text' in o else o['data'][k]))
-        for o in outputs
-        for k in (['text'] if 'text' in o else sorted(o.get('data', {})))
-        if k == 'text' or k.startswith('text/')
-    ]
+    return [normalise(''.join(o['text'] if 'text' in o else o['data'][k]))
+            for o in outputs for k in (['text'] if 'text' in o else sorted(o.get('data', {}))) if k == 'text' or k.startswith('text/')]
 
 
 def differences(path, run: dict) -> list[str]:
@@ -147,22 +126,12 @@ def differences(path, run: dict) -> list[str]:
     cells, found = json.loads(path.read_text())['cells'], []
     for i, fresh in run['outputs'].items():
         cell = cells[int(i)]
-        stored, where = (
-            cell.get('outputs', []),
-            f'{path.name} cell {i} ({"".join(cell["source"]).splitlines()[0][:60]!r})',
-        )
-        if not fresh and stored:
-            found.append(f'{where} produces nothing but stores {len(stored)} outputs')
-        elif kinds(fresh) != kinds(stored):
-            found.append(f'{where} produces {kinds(fresh)} but stores {kinds(stored)}')
+        stored, where = cell.get('outputs', []), f'{path.name} cell {i} ({"".join(cell["source"]).splitlines()[0][:60]!r})'
+        if not fresh and stored: found.append(f'{where} produces nothing but stores {len(stored)} outputs')
+        elif kinds(fresh) != kinds(stored): found.append(f'{where} produces {kinds(fresh)} but stores {kinds(stored)}')
         elif VOLATILE not in directives(cell) and (a := texts(stored)) != (b := texts(fresh)):
-            diff = next(
-                list(
-                    difflib.unified_diff(x.splitlines(), y.splitlines(), 'stored', 'fresh', n=1, lineterm='')
-                )
-                for x, y in zip(a, b)
-                if x != y
-            )
+            diff = next(list(difflib.unified_diff(x.splitlines(), y.splitlines(), 'stored', 'fresh', n=1, lineterm=''))
+                        for x, y in zip(a, b) if x != y)
             found.append(f'{where} shows other text than it stores:\n  ' + '\n  '.join(diff[:12]))
     return found
 
@@ -170,8 +139,7 @@ def differences(path, run: dict) -> list[str]:
 def execute_all(paths, n_workers=2) -> list[dict]:
     "`execute` each notebook in a fresh process of its own, `n_workers` at a time (so chapters share no state)."
     ctx = multiprocessing.get_context('spawn')
-    with ctx.Pool(min(n_workers, os.cpu_count()), maxtasksperchild=1) as pool:
-        return pool.map(execute, paths, chunksize=1)
+    with ctx.Pool(min(n_workers, os.cpu_count()), maxtasksperchild=1) as pool: return pool.map(execute, paths, chunksize=1)
 
 
 def store(path, run: dict):
@@ -189,7 +157,7 @@ def store(path, run: dict):
 
 
 def main(args):
-    paths = [Path(a).absolute() for a in args] or sorted((ROOT / 'nbs').glob('*.ipynb'))
+    paths = [Path(a).absolute() for a in args] or sorted((ROOT/'nbs').glob('*.ipynb'))
     os.chdir(ROOT)  # nbdev reads its settings from here
     failed = 0
     for path, run in zip(paths, execute_all(paths)):
@@ -198,16 +166,10 @@ def main(args):
             print(f'NOT STORED {path.name}:\n  ' + '\n  '.join(run['problems']), file=sys.stderr)
             continue
         store(path, run)
-        print(
-            f"stored {path.name}: {sum(bool(o) for o in run['outputs'].values())} of {len(run['outputs'])} cells that ran show output ({run['seconds']:.0f}s)"
-        )
+        print(f"stored {path.name}: {sum(bool(o) for o in run['outputs'].values())} of {len(run['outputs'])} cells that ran show output ({run['seconds']:.0f}s)")
     if failed:
-        print(
-            f'{failed} notebooks not stored: fix the cells named above and run the command again for them',
-            file=sys.stderr,
-        )
+        print(f'{failed} notebooks not stored: fix the cells named above and run the command again for them', file=sys.stderr)
         sys.exit(1)
 
 
-if __name__ == '__main__':
-    main(sys.argv[1:])
+if __name__ == '__main__': main(sys.argv[1:])
