@@ -17,15 +17,15 @@ from scipy import stats
 
 from .core import UserError, biogpt_home, invoked_as, perf_env, repo_root, save_figure, save_result
 from .core import load_result, user_errors
-from .stats import ALPHA, as_test, describe, paired_test, with_verdicts
+from .stats import ALPHA, as_row, as_test, describe, paired_test, with_verdicts
 from .stats import SAY as NO_VERDICT
 from .study import COMPARISON_DATA, RECIPE, SIZES
 from .ablations import MATRIX, SEEDS, TOLERANCE, read_rows, run_matrix
 
 # %% auto #0
-__all__ = ['SAY', 'PUBLISHED_ABLATION', 'SHIFT', 'VERDICT_COLOURS', 'ok_rows', 'gaps', 'tested', 'stated', 'bound', 'effects',
-           'throughput', 'rank_test', 'ranking', 'budgets', 'per_param', 'budget_shift', 'scope', 'findings',
-           'twin_tests', 'size_or_mechanism', 'plot_ablations', 'recorded_rows', 'report', 'ablations_cli']
+__all__ = ['SAY', 'PUBLISHED_ABLATION', 'SHIFT', 'VERDICT_COLOURS', 'ok_rows', 'gaps', 'stated', 'bound', 'effects', 'throughput',
+           'rank_test', 'ranking', 'budgets', 'per_param', 'budget_shift', 'scope', 'findings', 'twin_tests',
+           'size_or_mechanism', 'plot_ablations', 'recorded_rows', 'report', 'ablations_cli']
 
 # %% ../nbs/16_ablation_report.ipynb #b30e2c8b
 SAY = dict(better='the ablation is better', worse='the ablation is worse', **NO_VERDICT)
@@ -50,19 +50,6 @@ def gaps(
         return pd.DataFrame()
     v = df.pivot(index='seed', columns='preset_id', values=value)
     return v[[k for k in dict.fromkeys(df.preset_id) if k != reference]].sub(v[reference], axis=0)
-
-
-def tested(t: dict) -> dict:
-    "A paired test (`paired_test`) as a table's row holds it."
-    lo, hi = t['ci'] or (None, None)
-    return {
-        'seeds': t['n'],
-        'difference': t['mean'],
-        'std': t['std'],
-        'ci low': lo,
-        'ci high': hi,
-        'p': t['p'],
-    }
 
 
 def stated(r) -> str:
@@ -90,7 +77,7 @@ def effects(rows: list[dict], tokens: int, reference: str = 'full_branch') -> pd
         row = {
             'ablation': name,
             'bpb': g['bpb all'].mean(),
-            **tested(paired_test(d, np.zeros(len(d)))),
+            **as_row(paired_test(d, np.zeros(len(d)))),
             'params': g.params_non_embedding.mean() / ref.params_non_embedding.mean(),
             'tokens/s': g.tokens_per_s.mean() / ref.tokens_per_s.mean(),
         }
@@ -194,7 +181,7 @@ def budget_shift(rows: list[dict], reference: str = 'full_branch') -> pd.DataFra
                     'tokens/param to': per_param(rows, t1, reference),
                     'gap from': first.loc[seeds, name].mean(),
                     'gap to': last.loc[seeds, name].mean(),
-                    **tested(paired_test(last.loc[seeds, name], first.loc[seeds, name])),
+                    **as_row(paired_test(last.loc[seeds, name], first.loc[seeds, name])),
                 }
             )
     return (
@@ -327,7 +314,7 @@ def twin_tests(rows: list[dict], tokens: int, reference: str = 'full_branch') ->
         a, m = gap[name].dropna(), gap[f'{name}@matched'].dropna()
         seeds = a.index.intersection(m.index)
         if len(seeds):
-            out.append({'ablation': name, **tested(paired_test(a[seeds], m[seeds]))})
+            out.append({'ablation': name, **as_row(paired_test(a[seeds], m[seeds]))})
     return with_verdicts(pd.DataFrame(out).set_index('ablation'), SAY) if out else pd.DataFrame()
 
 

@@ -61,9 +61,16 @@ def describe(t: dict, q: float | None = None, unit: str = 'bpb') -> str:
 
 # %% ../nbs/12_stats.ipynb #d48e975a
 def as_row(t: dict) -> dict:
-    "The paired test `t` as a table's row holds it: its difference, 95% interval, p and seeds."
+    "The paired test `t` as a table's row holds it: its difference, standard deviation, 95% interval, p and seeds."
     lo, hi = t['ci'] or (None, None)
-    return {'difference': t['mean'], 'ci low': lo, 'ci high': hi, 'p': t['p'], 'seeds': t['n']}
+    return {
+        'difference': t['mean'],
+        'std': t['std'],
+        'ci low': lo,
+        'ci high': hi,
+        'p': t['p'],
+        'seeds': t['n'],
+    }
 
 
 def as_test(r) -> dict:
@@ -72,6 +79,7 @@ def as_test(r) -> dict:
     return dict(
         n=int(r['seeds']),
         mean=r['difference'],
+        std=None if untested else r.get('std'),
         ci=None if untested else (r['ci low'], r['ci high']),
         p=r['p'],
     )
