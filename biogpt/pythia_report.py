@@ -10,7 +10,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from fastcore.script import call_parse
 
 from .core import UserError, invoked_as, load_result, perf_env, repo_root, save_figure, save_result
@@ -408,7 +407,14 @@ def plot_apoptosis(records: dict, threshold: float = 0.95, path=None):
         for f in p['apoptosis'].get('fractions', [])
     ]
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.stripplot(pd.DataFrame(rows), x='sparsity', y='fraction', ax=ax, alpha=0.6, jitter=0.25)
+    levels = list(dict.fromkeys(r['sparsity'] for r in rows))
+    jitter = np.random.default_rng(0).uniform(
+        -0.25, 0.25, len(rows)
+    )  # seeded: the figure is the same on every report
+    ax.scatter(
+        [levels.index(r['sparsity']) for r in rows] + jitter, [r['fraction'] for r in rows], s=12, alpha=0.6
+    )
+    ax.set_xticks(range(len(levels)), levels)
     ax.axhline(threshold, color='C3', ls='--', label=f'apoptosis threshold {threshold:.0%}')
     ax.set(
         xlabel='target sparsity (global magnitude pruning)',
