@@ -412,11 +412,13 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     pythia=('data', *MODEL_MODULES, 'trainer', 'pruning', 'study', 'pythia'),
     pythia_study=('data', *MODEL_MODULES, 'trainer', 'pruning', 'study', 'pythia'),
     ablations=('data', *MODEL_MODULES, 'trainer', 'study', 'pythia', 'ablations'),
+    dsn=('data', 'neuron', 'trainer', 'dsn', 'perforated'),
 )
 REPORT_MODULES = dict(  # results file assembled from runs: the modules that turn its runs into its tables
     pythia=('pythia_report', 'stats'),
     pythia_study=('pythia_report', 'stats'),
     ablations=('ablation_report', 'stats'),
+    dsn=('dsn_report', 'stats'),
 )
 
 

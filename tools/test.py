@@ -9,7 +9,7 @@
    (every page in the sidebar and navbar exists, `_quarto.yml` has one source) and nbdev's processing step for Quarto runs;
 6. the pages as published: each notebook as nbdev hands it to Quarto, rendered to HTML by nbconvert from its stored
    outputs (nothing runs), shows every `figures/*.png` it names, and the results page shows every verdict sentence of
-   `results/pythia_study.json` and every ablation finding of `results/ablations.json`;
+   `results/pythia_study.json`, every ablation finding of `results/ablations.json` and every verdict of `results/dsn.json`;
 7. every notebook runs top to bottom on CPU, each in a fresh process, as `nbdev.test.test_nb` runs it (cells flagged
    with a `tst_flags` flag, `slow`, are skipped and keep their stored outputs), and what each cell shows is what the
    notebook stores (`tools/pages.py`: `execute`, `differences`): a cell that shows nothing stores nothing; text outputs
@@ -97,6 +97,8 @@ def check_ci():
     cmd = re.search(r'^# 2\. the tests.*\n(.+)$', readme, re.M)
     assert cmd, "README.md lost its quick-start test command ('# 2. the tests' and the line after it)"
     assert cmd[1].strip() in ci.splitlines(), f'.ci/run must run exactly the README test command: {cmd[1].strip()}'
+    from biogpt.perforated import INSTALL
+    assert INSTALL in cmd[1], f'the README test command must install PerforatedAI as its chapter says: {INSTALL}'
 
 
 def check_links():
@@ -178,6 +180,8 @@ def check_pages():
     findings = [line for b in budgets.values() for line in b['findings']]
     bad += [f'results.ipynb does not show the verdict: {v}' for v in verdicts if ' '.join(v.split()) not in text]
     bad += [f'results.ipynb does not show the ablation finding: {f}' for f in findings if ' '.join(f.split()) not in text]
+    dsn = json.loads((ROOT/'results'/'dsn.json').read_text())['results']['verdicts'].values()
+    bad += [f'results.ipynb does not show the DSN verdict: {v}' for v in dsn if ' '.join(v.split()) not in text]
     assert not bad, ('the pages as published (stored outputs) lack what they must show; where the code shows it, the stored '
                      'outputs are out of date: `python tools/pages.py nbs/<page>.ipynb` stores them, then commit:\n' + '\n'.join(bad))
 
