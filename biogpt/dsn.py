@@ -362,8 +362,8 @@ def run_one(head: str, fold: int, seed: int, lr: float, data) -> dict:
         commit=git_commit(),
     )
 
-# %% ../nbs/19_dsn.ipynb #8fff06fd
-LRS = tuple(5e-4 * 2**i for i in range(5))  # 5e-4 ... 8e-3
+# %% ../nbs/19_dsn.ipynb #f9f34283
+LRS = tuple(6.25e-5 * 2**i for i in range(5))  # 6.25e-5 ... 1e-3
 SEEDS = tuple(range(5))
 
 
