@@ -40,8 +40,8 @@ from .dsn import best_lr, genre_task, study
 from .stats import SAY, as_row, as_test, describe, paired_test, with_verdicts
 
 # %% auto #0
-__all__ = ['VS_MLP', 'COMPARISONS', 'PUBLISHED', 'WORDS', 'CLAIM', 'seed_accuracy', 'chance', 'head_table', 'test_table', 'scope',
-           'verdicts', 'figure', 'report', 'dsn_cli']
+__all__ = ['VS_MLP', 'COMPARISONS', 'PUBLISHED', 'WORDS', 'CLAIM', 'seed_accuracy', 'chance', 'head_table', 'genre_table',
+           'test_table', 'scope', 'verdicts', 'figure', 'report', 'dsn_cli']
 
 # %% ../nbs/21_dsn_report.ipynb #b1c479e3
 def seed_accuracy(rows: list[dict]) -> pd.DataFrame:
@@ -92,7 +92,18 @@ def head_table(rows: list[dict]) -> pd.DataFrame:
         )  # fmt: skip
     return pd.DataFrame(out).set_index('head')
 
-# %% ../nbs/21_dsn_report.ipynb #f9049349
+# %% ../nbs/21_dsn_report.ipynb #cd3f5e4d
+def genre_table(rows: list[dict]) -> pd.DataFrame:
+    "Accuracy in percent of each head (rows) on each genre's test passages (columns), pooled over folds and seeds."
+    tested = [r for r in rows if r['phase'] == 'test']
+    heads = [h for h in HEADS if any(r['head'] == h for r in tested)]
+    return pd.DataFrame(
+        {g: [100 * sum(r['by_genre'][g][0] for r in tested if r['head'] == h) / sum(r['by_genre'][g][1] for r in tested if r['head'] == h)
+             for h in heads] for g in GENRES},
+        index=pd.Index(heads, name='head'),
+    )  # fmt: skip
+
+# %% ../nbs/21_dsn_report.ipynb #c1e44fdf
 VS_MLP = ('dendritic', 'perforated', 'linear', 'encoder')
 COMPARISONS = tuple((h, 'mlp') for h in VS_MLP) + (('dendritic', 'encoder'),)
 
@@ -108,7 +119,7 @@ def test_table(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(tests).set_index(['head', 'against'])
     return with_verdicts(table, lower='worse', higher='better')
 
-# %% ../nbs/21_dsn_report.ipynb #77507fd8
+# %% ../nbs/21_dsn_report.ipynb #a5a5b706
 PUBLISHED = dict(
     reduction=0.889, bert_tiny=4.43e6, dsn=0.49e6
 )  # DendriticBERT on SST-2: parameters of bert-tiny and of DSN
@@ -158,7 +169,7 @@ def verdicts(table: pd.DataFrame, tests: pd.DataFrame) -> dict[str, str]:
         )
     return out
 
-# %% ../nbs/21_dsn_report.ipynb #4e7b4a42
+# %% ../nbs/21_dsn_report.ipynb #d4ad0bf1
 def figure(rows: list[dict], table: pd.DataFrame, base: dict):
     "The tuning curves and accuracy against non-embedding parameters."
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -198,7 +209,7 @@ def figure(rows: list[dict], table: pd.DataFrame, base: dict):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/21_dsn_report.ipynb #f2163c87
+# %% ../nbs/21_dsn_report.ipynb #c01fcd9d
 def report(rows: list[dict], command: str, results=None, figures=None) -> dict:
     "Write `results/dsn.json` (runs, head table, tests, verdicts) and `figures/dsn.png` from `rows`; the results."
     table, tests, base = head_table(rows), test_table(rows), chance(rows)
@@ -207,6 +218,7 @@ def report(rows: list[dict], command: str, results=None, figures=None) -> dict:
         table=table.reset_index().to_dict('records'),
         tests=tests.reset_index().to_dict('records'),
         chance=base,
+        by_genre=genre_table(rows).reset_index().to_dict('records'),
         verdicts=verdicts(table, tests),
         published=PUBLISHED,
     )
@@ -227,7 +239,7 @@ def report(rows: list[dict], command: str, results=None, figures=None) -> dict:
     )
     return out
 
-# %% ../nbs/21_dsn_report.ipynb #e301a5ed
+# %% ../nbs/21_dsn_report.ipynb #9d0ed422
 @call_parse
 def dsn_cli(
     report_only: bool = False,  # write the report again from the runs results/dsn.json holds, and train nothing
