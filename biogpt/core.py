@@ -413,6 +413,7 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     pythia_study=('data', *MODEL_MODULES, 'trainer', 'pruning', 'study', 'pythia'),
     ablations=('data', *MODEL_MODULES, 'trainer', 'study', 'pythia', 'ablations'),
     dsn=('data', 'neuron', 'trainer', 'dsn', 'perforated'),
+    gpu_probe=(*MODEL_MODULES, 'trainer', 'study', 'pythia', 'bench'),
 )
 REPORT_MODULES = dict(  # results file assembled from runs: the modules that turn its runs into its tables
     pythia=('pythia_report', 'stats'),

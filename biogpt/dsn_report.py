@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_dsn_report.ipynb #8553521a
 from __future__ import annotations
-import shlex, sys
+import json, shlex, sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -36,12 +36,12 @@ from biogpt.dsn import (
     TEST_FOLDS,
     VOCAB_SIZE,
 )
-from .dsn import best_lr, genre_task, study
+from .dsn import genre_task, load_runs, study
 from .stats import SAY, as_row, as_test, describe, paired_test, with_verdicts
 
 # %% auto #0
 __all__ = ['VS_MLP', 'COMPARISONS', 'PUBLISHED', 'WORDS', 'CLAIM', 'seed_accuracy', 'chance', 'head_table', 'genre_table',
-           'test_table', 'scope', 'verdicts', 'figure', 'report', 'dsn_cli']
+           'test_table', 'scope', 'verdicts', 'figure', 'report', 'folder_runs', 'dsn_cli']
 
 # %% ../nbs/21_dsn_report.ipynb #b1c479e3
 def seed_accuracy(rows: list[dict]) -> pd.DataFrame:
@@ -129,13 +129,20 @@ CLAIM = dict(
 )  # what a test says of a claim that one is more accurate
 
 
+def _seeds(seeds: pd.Series) -> str:
+    "How many seeds stand behind each head, in words."
+    if seeds.nunique() == 1:
+        return f'{int(seeds.iloc[0])} seeds per head'
+    return 'seeds per head: ' + ', '.join(f'{h} {int(n)}' for h, n in seeds.items())
+
+
 def scope(table: pd.DataFrame) -> str:
     "What the verdicts were measured on."
     plays = sum(len(p) for p in FOLIO.values())
     return (
         f'the First Folio genre task ({plays} plays, {len(GENRES)} genres, {len(TEST_FOLDS)} test folds split by play), '
         f"bert-tiny's shape with a {VOCAB_SIZE:,}-token WordPiece vocabulary and embeddings trained from random for "
-        f'{EPOCHS} epochs, {int(table.seeds.min())} seeds per head; not SST-2, and not pre-trained weights'
+        f'{EPOCHS} epochs, {_seeds(table.seeds)}; not SST-2, and not pre-trained weights'
     )
 
 
@@ -226,7 +233,8 @@ def report(rows: list[dict], command: str, results=None, figures=None) -> dict:
     save_figure(figure(rows, table, base), figures / 'dsn.png')
     plt.close('all')
     config = dict(heads=list(table.index), folds=list(TEST_FOLDS), epochs=EPOCHS, batch_size=BATCH_SIZE, max_len=MAX_LEN,
-                  vocab_size=VOCAB_SIZE, bert=BERT_TINY, lr_grid=list(LRS), passages=len(genre_task()))  # fmt: skip
+                  vocab_size=VOCAB_SIZE, bert=BERT_TINY, lr_grid=list(LRS), passages=len(genre_task()),
+                  seeds_by_head={h: sorted({r['seed'] for r in rows if r['head'] == h and r['phase'] == 'test'}) for h in table.index})  # fmt: skip
     timings = dict(train_s=round(sum(r.get('train_s', 0) for r in rows), 1))
     save_result(
         'dsn',
@@ -239,15 +247,35 @@ def report(rows: list[dict], command: str, results=None, figures=None) -> dict:
     )
     return out
 
-# %% ../nbs/21_dsn_report.ipynb #9d0ed422
+# %% ../nbs/21_dsn_report.ipynb #43ae7969
+def folder_runs(folder) -> list[dict]:
+    "Every run kept in the runs files (`runs*.json`) of `folder`, each (head, fold, seed, rate) once."
+    rows = {}
+    for f in sorted(Path(folder).glob('runs*.json')):
+        rows.update({(r['head'], r['fold'], r['seed'], r['lr']): r for r in load_runs(f)})
+    return list(rows.values())
+
+
+def _names(text: str | None, allowed, what: str) -> tuple:
+    "The comma-separated `text` as a tuple of `allowed` values; all of them when `text` is empty."
+    if not text:
+        return tuple(allowed)
+    items = tuple(type(allowed[0])(x) for x in text.split(','))
+    if bad := [x for x in items if x not in allowed]:
+        raise UserError(f'unknown {what} {bad}: choose from {list(allowed)}')
+    return items
+
+# %% ../nbs/21_dsn_report.ipynb #68ad8790
 @call_parse
 def dsn_cli(
+    heads: str = None,  # this worker's heads, comma-separated (default: every head)
+    seeds: str = None,  # its seeds, comma-separated (default: 0-4)
     report_only: bool = False,  # write the report again from the runs results/dsn.json holds, and train nothing
-    runs: str = None,  # the runs file the study keeps and carries on from (default: $BIOGPT_HOME/dsn/runs.json)
+    runs: str = None,  # the folder of runs files the study keeps and carries on from (default: $BIOGPT_HOME/dsn)
     results: str = None,  # folder of the results file (default: the repository's results/)
     figures: str = None,  # folder of the figure (default: the repository's figures/)
 ):
-    "DendriticBERT's DSN study: tune and train every head on the Folio genre task (resumable), then record its report in results/dsn.json."
+    "DendriticBERT's DSN study: tune and train the heads on the Folio genre task (resumable, splittable by head), then record its report in results/dsn.json."
     prog = invoked_as('biogpt-dsn', 'biogpt.dsn_report')
     command = perf_env() + prog + ' ' + shlex.join(sys.argv[1:])
     with user_errors(prog):
@@ -257,6 +285,8 @@ def dsn_cli(
             except FileNotFoundError as e:
                 raise UserError(f'{e} `{prog}` without --report_only runs the study.') from None
         else:
-            rows = study(Path(runs or biogpt_home() / 'dsn' / 'runs.json'))
+            mine, folder = _names(heads, HEADS, 'heads'), Path(runs or biogpt_home() / 'dsn')
+            study(folder / f"runs-{'-'.join(mine)}.json", heads=mine, seeds=_names(seeds, SEEDS, 'seeds'))
+            rows = folder_runs(folder)
         out = report(rows, command, results, figures)
         print('\n\n'.join(out['verdicts'].values()))
