@@ -180,11 +180,11 @@ def verdicts(table: pd.DataFrame, tests: pd.DataFrame) -> dict[str, str]:
 def figure(rows: list[dict], table: pd.DataFrame, base: dict):
     "The tuning curves and accuracy against non-embedding parameters."
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for head in table.index:
+    for head, marker in zip(table.index, 'osD^v'):
         tune = sorted(
             (r['lr'], 100 * r['correct'] / r['n']) for r in rows if r['head'] == head and r['phase'] == 'tune'
         )
-        (line,) = ax1.plot(*zip(*tune), marker='o', ms=3, label=head)
+        (line,) = ax1.plot(*zip(*tune), marker=marker, ms=3, label=head)
         ax1.plot(
             table.loc[head, 'lr'],
             dict(tune)[table.loc[head, 'lr']],
@@ -194,7 +194,7 @@ def figure(rows: list[dict], table: pd.DataFrame, base: dict):
             color=line.get_color(),
         )
         r = table.loc[head]
-        ax2.errorbar(r.non_embedding, r.accuracy, yerr=[[r.accuracy - r.ci_low], [r.ci_high - r.accuracy]], fmt='o',
+        ax2.errorbar(r.non_embedding, r.accuracy, yerr=[[r.accuracy - r.ci_low], [r.ci_high - r.accuracy]], fmt=marker, mfc='none',
                      capsize=3, color=line.get_color(), label=head)  # fmt: skip
     ax1.set(
         xscale='log',
@@ -213,6 +213,9 @@ def figure(rows: list[dict], table: pd.DataFrame, base: dict):
     ax2.set(xscale='log', xlabel='parameters outside the embedding table', ylabel='test accuracy (%)',
             title=f"{len(TEST_FOLDS)} test folds, {int(table.seeds.min())} seeds")  # fmt: skip
     ax1.legend(fontsize=8)
+    ax2.legend(
+        fontsize=8, loc='center right'
+    )  # the matched heads sit on one another: tell them apart by marker
     fig.tight_layout()
     return fig
 
