@@ -31,7 +31,7 @@ from .trainer import param_groups
 __all__ = ['FOLIO', 'GENRES', 'N_FOLDS', 'DEV_FOLD', 'TEST_FOLDS', 'VOCAB_SIZE', 'MAX_LEN', 'BERT_TINY', 'HEADS', 'EPOCHS',
            'BATCH_SIZE', 'WARMUP', 'WEIGHT_DECAY', 'BERT_TINY_NAME', 'GLUE', 'LRS', 'SEEDS', 'passages', 'genre_task',
            'play_folds', 'wordpiece', 'encode', 'batch', 'bert_config', 'strip_encoder', 'mean_pool', 'DSN',
-           'DendriticHead', 'mlp_width', 'dendritic_size', 'build', 'components', 'fit', 'predict', 'pretrained',
+           'DendriticHead', 'hidden_width', 'dendritic_size', 'build', 'components', 'fit', 'predict', 'pretrained',
            'load_sst2', 'fold_data', 'run_one', 'best_lr', 'next_lrs', 'load_runs', 'study']
 
 # %% ../nbs/19_dsn.ipynb #aff30560
@@ -175,10 +175,11 @@ class DendriticHead(nn.Module):
         return x + self.neuron(self.norm(x).unsqueeze(1)).squeeze(1)
 
 
-def mlp_width(width: int, params: int, n_classes: int) -> int:
-    "The hidden width at which a one-layer MLP head and its classifier have the nearest to `params` parameters."
-    # width*h + h (first layer) + h*n_classes + n_classes (classifier)
-    return max(1, round((params - n_classes) / (width + 1 + n_classes)))
+def hidden_width(width: int, params: int, n_classes: int, dendrites: int = 0) -> int:
+    """The hidden width at which a one-layer head on a `width` vector, with `dendrites` PerforatedAI dendrites on its
+    layer, and its classifier have the nearest to `params` parameters."""
+    # (1 + dendrites)(width*h + h): the layer and its copies; dendrites*h: weights to the units; h*n_classes + n_classes: the classifier
+    return max(1, round((params - n_classes) / ((1 + dendrites) * (width + 1) + dendrites + n_classes)))
 
 # %% ../nbs/19_dsn.ipynb #e0b574b7
 HEADS = ('linear', 'mlp', 'dendritic', 'perforated', 'encoder')
@@ -197,7 +198,7 @@ def _head(name: str, width: int, n_classes: int) -> tuple[nn.Module, int]:
     if name == 'dendritic':
         return DendriticHead(width), width
     if name == 'mlp':
-        hidden = mlp_width(width, dendritic_size(width, n_classes), n_classes)
+        hidden = hidden_width(width, dendritic_size(width, n_classes), n_classes)
         return nn.Sequential(nn.Linear(width, hidden), nn.GELU()), hidden
     if name == 'perforated':
         from biogpt.perforated import perforated_head  # an optional library, loaded when asked for

@@ -11,11 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import UserError
+from .dsn import hidden_width
 
 INSTALL = 'pip install --no-deps perforatedai==3.2.9'
 
 # %% auto #0
-__all__ = ['INSTALL', 'perforate', 'Hidden', 'pai_width', 'perforated_head']
+__all__ = ['INSTALL', 'perforate', 'Hidden', 'perforated_head']
 
 # %% ../nbs/20_perforated.ipynb #050c666c
 def _pai():
@@ -46,8 +47,8 @@ def _quiet_folder():
         yield
 
 
-def perforate(module: nn.Module, width: int, dendrites: int = 1) -> nn.Module:
-    "`module` (taking vectors of `width`) with its linear layers converted by PerforatedAI and `dendrites` dendrites added."
+def perforate(module: nn.Module, width: int) -> nn.Module:
+    "`module` (taking vectors of `width`) with its linear layers converted by PerforatedAI and one dendrite added."
     GPA, UPA = _pai()
     with _quiet_folder():
         GPA.pc.set_configuration_confirmed(True)  # no interactive confirmation screen
@@ -58,10 +59,9 @@ def perforate(module: nn.Module, width: int, dendrites: int = 1) -> nn.Module:
         module = UPA.perforate_model(module, save_name='head', making_graphs=False)
         GPA.pai_tracker.set_optimizer(torch.optim.AdamW)
         GPA.pai_tracker.setup_optimizer(module, dict(params=module.parameters(), lr=0.0))
-        for _ in range(dendrites):
-            module(torch.zeros(2, width)).sum().backward()  # sizes the dendrites' storage
-            module.zero_grad(set_to_none=True)
-            module, _, _ = GPA.pai_tracker.add_validation_score(0.0, module, force_switch=True)
+        module(torch.zeros(2, width)).sum().backward()  # sizes the dendrite's storage
+        module.zero_grad(set_to_none=True)
+        module, _, _ = GPA.pai_tracker.add_validation_score(0.0, module, force_switch=True)
     return module
 
 # %% ../nbs/20_perforated.ipynb #9b8d443b
@@ -76,13 +76,7 @@ class Hidden(nn.Module):
         return F.gelu(self.layer(x))
 
 
-def pai_width(width: int, params: int, n_classes: int) -> int:
-    "The hidden width at which the head, with one dendrite, and its classifier have the nearest to `params` parameters."
-    # 2(width*h + h): the layer and its dendrite; h: dendrite-to-unit weights; h*n_classes + n_classes: the classifier
-    return max(1, round((params - n_classes) / (2 * width + 3 + n_classes)))
-
-
 def perforated_head(width: int, n_classes: int, params: int) -> tuple[nn.Module, int]:
     "PerforatedAI's head on a `width` vector with one dendrite, sized to `params` with its classifier, and its output width."
-    hidden = pai_width(width, params, n_classes)
+    hidden = hidden_width(width, params, n_classes, dendrites=1)
     return perforate(Hidden(width, hidden), width), hidden
