@@ -7,7 +7,6 @@ from __future__ import annotations
 import json, math, re, time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
