@@ -8,21 +8,25 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
+from .core import count_params, embedding_modules
 from .data import TokenShards
+from .model import BioGPTForCausalLM
 from .neuron import BranchFFN, TemporalConv
-from .pruning import _check_fraction, _weight, finetune_config, hold_zeros
-from .pruning import magnitude_prune, prunable_weights
+from .pruning import _check_fraction, _check_unmasked, _cortical, _weight, finetune_config, hold_zeros
+from .pruning import magnitude_prune, prunable_weights, remove_units
 from .trainer import TrainConfig, Trainer, _folded_weights
 
 # %% auto #0
 __all__ = ['METHODS', 'CALIBRATED', 'N_M', 'layerwise_prune', 'calibration_batches', 'input_norms', 'wanda_scores', 'wanda_prune',
            'semi_structured_scope', 'semi_structured_prune', 'cubic_sparsity', 'GradualTrainer', 'gradual_finetune',
+           'published_scope', 'published_prune', 'fold_masks', 'scope_counts', 'neuron_activity', 'activity_apoptosis',
            'as_model', 'prune_with']
 
 # %% ../nbs/22_prune_methods.ipynb #64f0e87d
@@ -229,6 +233,100 @@ def gradual_finetune(
         # drops the autocast wrapper of the forward pass
         model = tr.acc.unwrap_model(tr.model, keep_fp32_wrapper=False)
     return model
+
+# %% ../nbs/22_prune_methods.ipynb #139b7e87
+def published_scope(model) -> list[tuple[str, nn.Module, str]]:
+    """(qualified name, module, parameter name) of every tensor the published code pruned in `model`: this project's scope,
+    and for BioGPT its LM head as well (untied; the published name test skipped only Pythia's head, `embed_out`)."""
+    scope, head = prunable_weights(model), model.get_output_embeddings()
+    if isinstance(model, BioGPTForCausalLM):
+        scope.append((next(n for n, m in model.named_modules() if m is head), head, 'weight'))
+    return scope
+
+
+def published_prune(model, sparsity: float):
+    "Zero the `sparsity` fraction of smallest-magnitude weights over the published scope of `model` (`published_scope`), in place, as masks."
+    _check_fraction(sparsity)
+    params = [(m, p) for _, m, p in published_scope(model)]
+    for m, p in params:  # weights already zero count towards the target and stay zero
+        if not hasattr(m, f'{p}_mask'):
+            prune.custom_from_mask(m, p, getattr(m, p) != 0)
+    total = sum(getattr(m, p).numel() for m, p in params)
+    amount = round(sparsity * total) - sum(int((_weight(m, p) == 0).sum()) for m, p in params)
+    if amount > 0:
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
+    return model
+
+
+def fold_masks(model):
+    "Fold every pruning mask of `model` into its weight (zeros stay zeros) and drop it, inside the project's scope or not."
+    for m in model.modules():
+        for hook in [h for h in m._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]:
+            prune.remove(m, hook._tensor_name)
+    return model
+
+
+def scope_counts(model, scope) -> dict:
+    "Sparsity of the tensors `scope` lists (as `prunable_weights` or `published_scope` does), and the parameters left active in all and outside the embeddings."
+    emb = {id(m) for m in embedding_modules(model)}
+    size = sum(_weight(m, p).numel() for _, m, p in scope)
+    zeros = {
+        e: sum(int((_weight(m, p) == 0).sum()) for _, m, p in scope if (id(m) in emb) == e)
+        for e in (True, False)
+    }
+    n = count_params(model)
+    return dict(
+        sparsity=(zeros[True] + zeros[False]) / size,
+        prunable=size,
+        total=n['total'],
+        active=n['total'] - zeros[True] - zeros[False],
+        non_embedding=n['non_embedding'],
+        active_non_embedding=n['non_embedding'] - zeros[False],
+    )
+
+# %% ../nbs/22_prune_methods.ipynb #c8f743f1
+@torch.no_grad()
+def neuron_activity(model, batches) -> pd.DataFrame:
+    """Per neuron of a cortical BioGPT: its contribution to its layer's output over the tokens of `batches` (of (inputs, targets)), the
+    mean L2 norm of its projected output times its mixing weight, summed over feedback passes; and its share of its layer's."""
+    sums, handles = {}, []
+
+    def add(_, args, out, key, w):
+        sums[key] = sums.get(key, 0.0) + float((w * out).double().norm(dim=-1).sum())
+
+    for l, layer in enumerate(_cortical(model)):
+        mix = layer.neuron_weights.softmax(0) if hasattr(layer, 'neuron_weights') else torch.ones(1)
+        for i, proj in enumerate(layer.proj):
+            handles.append(proj.register_forward_hook(partial(add, key=(l, i), w=mix[i])))
+    was_training, device, tokens = model.training, next(model.parameters()).device, 0
+    model.eval()
+    try:
+        for x, _ in batches:
+            model(input_ids=x.to(device), use_cache=False)
+            tokens += x.numel()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    t = pd.DataFrame([dict(layer=l, neuron=i, contribution=s / tokens) for (l, i), s in sorted(sums.items())])
+    return t.assign(share=t.contribution / t.groupby('layer').contribution.transform('sum'))
+
+
+def activity_apoptosis(model, batches, fraction: float) -> tuple[PreTrainedModel, dict]:
+    """Remove the `fraction` of the neurons of a cortical BioGPT with the smallest share of their layer's output over `batches`
+    (`neuron_activity`), never the last neuron of a layer; returns the smaller model and a report."""
+    _check_fraction(fraction, 'fraction of neurons')
+    _check_unmasked(model)
+    t = neuron_activity(model, batches)
+    left, dead = t.groupby('layer').size().to_dict(), []
+    for r in t.sort_values('share', kind='stable').itertuples():
+        if len(dead) == round(fraction * len(t)):
+            break
+        if left[r.layer] > 1:
+            dead.append((int(r.layer), int(r.neuron)))
+            left[r.layer] -= 1
+    report = dict(removed=dead, shares=t.share.round(4).tolist())
+    return (remove_units(model, [(l, i, 'neuron', i) for l, i in dead]) if dead else model), report
 
 # %% ../nbs/22_prune_methods.ipynb #6a75f885
 METHODS = {
