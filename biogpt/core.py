@@ -15,7 +15,7 @@ __all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'MODEL_MODULES', 'RESULT_MODULES',
            'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info', 'peak_memory_mb', 'reset_peak_memory',
            'perf_env', 'seconds', 'alternate', 'matmul_peak', 'embedding_modules', 'count_params', 'save_result',
            'load_result', 'provenance', 'save_figure', 'changed_since', 'record_commits', 'result_status',
-           'StaleResultError', 'current_result', 'UserError', 'invoked_as', 'user_errors', 'json_option']
+           'StaleResultError', 'current_result', 'UserError', 'invoked_as', 'user_errors', 'json_option', 'list_option']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -504,3 +504,13 @@ def json_option(text: str | None, option: str) -> dict:
     if not isinstance(value, dict):
         raise UserError(f"{option} must be a JSON object of field names and values, got {text!r}")
     return value
+
+
+def list_option(text: str | None, allowed, what: str) -> tuple:
+    "The comma-separated values given on the command line as `text`, each one of `allowed` (all of them when `text` is empty), or a `UserError` naming them."
+    if not text:
+        return tuple(allowed)
+    items = tuple(type(allowed[0])(x) for x in text.split(','))
+    if bad := [x for x in items if x not in allowed]:
+        raise UserError(f'unknown {what} {bad}: choose from {list(allowed)}')
+    return items

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 
-from .core import UserError, biogpt_home, invoked_as, load_result, perf_env
+from .core import UserError, biogpt_home, invoked_as, list_option, load_result, perf_env
 from .core import repo_root, save_figure, save_result, user_errors
 from .dsn import BATCH_SIZE, BERT_TINY, EPOCHS, FOLIO, GENRES, HEADS
 from .dsn import LRS, MAX_LEN, SEEDS, TEST_FOLDS, VOCAB_SIZE
@@ -237,16 +237,6 @@ def folder_runs(folder) -> list[dict]:
         rows.update({(r['head'], r['fold'], r['seed'], r['lr']): r for r in load_runs(f)})
     return list(rows.values())
 
-
-def _names(text: str | None, allowed, what: str) -> tuple:
-    "The comma-separated `text` as a tuple of `allowed` values; all of them when `text` is empty."
-    if not text:
-        return tuple(allowed)
-    items = tuple(type(allowed[0])(x) for x in text.split(','))
-    if bad := [x for x in items if x not in allowed]:
-        raise UserError(f'unknown {what} {bad}: choose from {list(allowed)}')
-    return items
-
 # %% ../nbs/21_dsn_report.ipynb #68ad8790
 @call_parse
 def dsn_cli(
@@ -267,8 +257,10 @@ def dsn_cli(
             except FileNotFoundError as e:
                 raise UserError(f'{e} `{prog}` without --report_only runs the study.') from None
         else:
-            mine, folder = _names(heads, HEADS, 'heads'), Path(runs or biogpt_home() / 'dsn')
-            study(folder / f"runs-{'-'.join(mine)}.json", heads=mine, seeds=_names(seeds, SEEDS, 'seeds'))
+            mine, folder = list_option(heads, HEADS, 'heads'), Path(runs or biogpt_home() / 'dsn')
+            study(
+                folder / f"runs-{'-'.join(mine)}.json", heads=mine, seeds=list_option(seeds, SEEDS, 'seeds')
+            )
             rows = folder_runs(folder)
         out = report(rows, command, results, figures)
         print('\n\n'.join(out['verdicts'].values()))
