@@ -414,12 +414,23 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     ablations=('data', *MODEL_MODULES, 'trainer', 'study', 'pythia', 'ablations'),
     dsn=('data', 'neuron', 'trainer', 'dsn', 'perforated'),
     gpu_probe=(*MODEL_MODULES, 'trainer', 'study', 'pythia', 'bench'),
+    pruning_methods=(
+        'data',
+        *MODEL_MODULES,
+        'trainer',
+        'pruning',
+        'study',
+        'pythia',
+        'prune_methods',
+        'prune_study',
+    ),
 )
 REPORT_MODULES = dict(  # results file assembled from runs: the modules that turn its runs into its tables
     pythia=('pythia_report', 'stats'),
     pythia_study=('pythia_report', 'stats'),
     ablations=('ablation_report', 'stats'),
     dsn=('dsn_report', 'stats'),
+    pruning_methods=('prune_report', 'pythia_report', 'stats'),
 )
 
 
