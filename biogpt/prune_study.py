@@ -154,6 +154,10 @@ def run_unit(
     "Train the base of unit (`size`, `arm`, `seed`) in `root` (the comparison's recipe, changed by `recipe`) and prune it by every experiment, resuming where it stopped; the unit's folder."
     cfg = arm_configs(shards.vocab_size, size, seed, tokens_per_param, data, **recipe)[arm]
     run = Path(root) / unit_id(size, arm, seed)
+    done = {_key(r) for r in _rows(run / 'rows.jsonl')}
+    todo = [ex for ex in experiments(arm, cfg, design) if _key(ex) not in done]
+    if not todo and (run / 'base.json').exists() and (arm != 'biogpt' or (run / 'speed.json').exists()):
+        return run  # finished: its base model is not needed again
     tr = Trainer(cfg, run / 'base', shards=shards, resume=True, verbose=False)
     tr.fit()
     tr.log.close()
@@ -167,10 +171,7 @@ def run_unit(
     batches = calibration_batches(
         shards, design['calibration_windows'], cfg.seq_len, pruning_seeds(cfg)['calibration_data']
     )
-    done = {_key(r) for r in _rows(run / 'rows.jsonl')}
-    for ex in experiments(arm, cfg, design):
-        if _key(ex) in done:
-            continue
+    for ex in todo:
         row = dict(size=size, arm=arm, seed=seed, **prune_one(base, cfg, shards, ex, batches, design))
         row.update(threads=torch.get_num_threads(), commit=git_commit())
         with open(run / 'rows.jsonl', 'a') as f:
