@@ -17,7 +17,7 @@ from fastcore.script import call_parse
 
 from .core import UserError, invoked_as, load_result, perf_env, repo_root
 from .core import save_figure, save_result, user_errors
-from .prune_study import DESIGN, GRID_METHODS, PLAN, read_units, study_root
+from .prune_study import ARMS, DESIGN, GRID_METHODS, PLAN, read_units, study_root
 from .pythia_report import ARM_NAMES, _interp_at, data_words
 from .stats import SAY, as_row, as_test, describe, fdr, paired_test, with_verdicts
 
@@ -213,7 +213,9 @@ def verdict(units: dict) -> dict:
     df = frame(units)
     std, out = standard(df), dict(sizes={}, verdicts={})
     family = []
-    for size in [s for s in PLAN if s in set(df['size'])]:
+    for size in [
+        s for s in PLAN if set(ARMS) <= set(df.arm[df['size'] == s])
+    ]:  # sizes where both arms finished
         best = best_methods(std, size)
         tests = dict(
             degradation=degradation_tests(std, size, best),

@@ -156,17 +156,15 @@ def run_unit(
     run = Path(root) / unit_id(size, arm, seed)
     done = {_key(r) for r in _rows(run / 'rows.jsonl')}
     todo = [ex for ex in experiments(arm, cfg, design) if _key(ex) not in done]
-    if not todo and (run / 'base.json').exists() and (arm != 'biogpt' or (run / 'speed.json').exists()):
+    if not todo and (run / 'base.json').exists():
         return run  # finished: its base model is not needed again
     tr = Trainer(cfg, run / 'base', shards=shards, resume=True, verbose=False)
     tr.fit()
     tr.log.close()
     base = tr.acc.unwrap_model(tr.model, keep_fp32_wrapper=False)
-    if not (run / 'base.json').exists():
-        info = dict(
-            size=size, arm=arm, seed=seed, config=cfg.to_dict(), **run_summary(run / 'base' / 'log.jsonl', tr)
-        )
-        atomic_write(run / 'base.json', json.dumps(dict(info, commit=git_commit()), indent=1, default=str))
+    info = dict(
+        size=size, arm=arm, seed=seed, config=cfg.to_dict(), **run_summary(run / 'base' / 'log.jsonl', tr)
+    )
     tr.acc.end_training()
     batches = calibration_batches(
         shards, design['calibration_windows'], cfg.seq_len, pruning_seeds(cfg)['calibration_data']
@@ -182,14 +180,17 @@ def run_unit(
     if arm == 'biogpt' and not (run / 'speed.json').exists():
         speed = dict(apoptosis_speed(base, cfg, batches, design), commit=git_commit())
         atomic_write(run / 'speed.json', json.dumps(speed, indent=1))
+    # written last: a unit with its summary is finished
+    atomic_write(run / 'base.json', json.dumps(dict(info, commit=git_commit()), indent=1, default=str))
     return run
 
 
 def read_units(root) -> dict:
-    "Every unit under `root`: its base summaries, rows and speed measurements, as lists."
-    root = Path(root)
-    runs = sorted(p for p in root.iterdir() if (p / 'base.json').exists()) if root.exists() else []
+    "Every finished unit under `root`: its base summaries, rows and speed measurements, as lists; the unfinished ones by name (`pending`)."
+    folders = sorted(p for p in Path(root).iterdir() if p.is_dir()) if Path(root).exists() else []
+    runs = [p for p in folders if (p / 'base.json').exists()]
     return dict(
+        pending=[p.name for p in folders if p not in runs],
         bases=[json.loads((p / 'base.json').read_text()) for p in runs],
         rows=[r for p in runs for r in _rows(p / 'rows.jsonl')],
         speed=[
