@@ -213,9 +213,8 @@ def verdict(units: dict) -> dict:
     df = frame(units)
     std, out = standard(df), dict(sizes={}, verdicts={})
     family = []
-    for size in [
-        s for s in PLAN if set(ARMS) <= set(df.arm[df['size'] == s])
-    ]:  # sizes where both arms finished
+    # only the sizes where both arms finished
+    for size in [s for s in PLAN if set(ARMS) <= set(df.arm[df['size'] == s])]:
         best = best_methods(std, size)
         tests = dict(
             degradation=degradation_tests(std, size, best),
