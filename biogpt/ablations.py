@@ -16,7 +16,7 @@ from .core import UserError, atomic_write, biogpt_home, count_params, git_commit
 from .core import matmul_peak, reset_peak_memory
 from .model import ABLATIONS, BioGPTConfig, BioGPTForCausalLM
 from .accounting import param_table, train_flops_per_token
-from .pythia import COMPARISON_DATA, RECIPE, SIZES, WARMUP_FRAC
+from .study import COMPARISON_DATA, RECIPE, SIZES, WARMUP_FRAC
 from .trainer import TrainConfig, load_shards, process_state, read_log, train
 
 # %% auto #0

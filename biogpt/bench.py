@@ -21,7 +21,7 @@ from .cortical import attention_heads
 from .model import BioGPTConfig, BioGPTForCausalLM, generation_gap
 from .accounting import param_table, train_flops_per_token
 from .neuron import MECHANISMS, BranchFFN, TemporalConv, nmda_trace
-from .pythia import COMPARISON_DATA, RECIPE, SIZES
+from .study import COMPARISON_DATA, RECIPE, SIZES
 from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, param_groups
 
 # %% auto #0

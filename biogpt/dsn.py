@@ -151,7 +151,25 @@ class DSN(nn.Module):
         self.bert, self.head = strip_encoder(bert), head
         self.classifier = nn.Linear(head_width, n_classes)
 
-    def forward(self, input_ids, attention_mask, labels=None) -> SequenceClassifierOutput:
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """The class logits of a batch of sentences.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                The sentences' token ids, padded.
+            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`):
+                1 at a token, 0 at padding: the average runs over the tokens only.
+            labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+                The classes; given, `loss` is their mean cross-entropy.
+
+        Returns:
+            `SequenceClassifierOutput`: `loss` (`None` without `labels`) and `logits`, `(batch_size, n_classes)`.
+        """
         h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.classifier(self.head(mean_pool(h, attention_mask)))
         return SequenceClassifierOutput(
@@ -171,6 +189,7 @@ class DendriticHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "`x` (batch, width) plus the neuron's output on it, normalised, as a sequence of one position."
         return x + self.neuron(self.norm(x).unsqueeze(1)).squeeze(1)
 
 

@@ -73,6 +73,7 @@ class Hidden(nn.Module):
         self.layer = nn.Linear(width, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        "The GELU of the layer's output on `x` (batch, width)."
         return F.gelu(self.layer(x))
 
 
