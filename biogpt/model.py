@@ -421,6 +421,13 @@ class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def prepare_inputs_for_generation(self, *args, attention_mask=None, **kwargs):
+        # `generate()` passes a mask even when nothing is padded; one without zeros is left out, so that unpadded
+        # decoding keeps the causal attention kernel training uses (and computes as it did before masks were read)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        return super().prepare_inputs_for_generation(*args, attention_mask=attention_mask, **kwargs)
+
     @can_return_tuple
     def forward(
         self,
