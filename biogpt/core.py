@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'MODEL_MODULES', 'RESULT_MODULES', 'REPORT_MODULES', 'biogpt_home', 'repo_root',
-           'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info', 'peak_memory_mb', 'reset_peak_memory',
-           'perf_env', 'seconds', 'alternate', 'matmul_peak', 'embedding_modules', 'count_params', 'save_result',
-           'load_result', 'provenance', 'save_figure', 'changed_since', 'record_commits', 'result_status',
-           'StaleResultError', 'current_result', 'UserError', 'invoked_as', 'user_errors', 'json_option', 'list_option']
+__all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'SAME_COMPUTATION', 'MODEL_MODULES', 'RESULT_MODULES', 'REPORT_MODULES',
+           'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info',
+           'peak_memory_mb', 'reset_peak_memory', 'perf_env', 'seconds', 'alternate', 'matmul_peak',
+           'embedding_modules', 'count_params', 'save_result', 'load_result', 'provenance', 'save_figure',
+           'changed_since', 'record_commits', 'result_status', 'StaleResultError', 'current_result', 'UserError',
+           'invoked_as', 'user_errors', 'json_option', 'list_option']
 
 # %% ../nbs/00_core.ipynb #a70103f2
 def biogpt_home() -> Path:
@@ -261,6 +262,26 @@ def save_figure(fig, path) -> Path:
     fig.savefig(buf, format=Path(path).suffix[1:], dpi=FIGURE_DPI)
     return atomic_write(path, buf.getvalue())
 
+# %% ../nbs/00_core.ipynb #cacebdd8
+SAME_COMPUTATION = (  # (commit before, commit after, the definitions changed between them as 'module.name')
+    # padded batches, hidden states, attention weights and the Trainer's loss arguments: each new argument is off
+    # by default, and generate() leaves out a mask without zeros
+    (
+        '6c2f7b47d57684c8d5b97e2ca8a7ba77d6a8738b',
+        'b6957653be8b402b9f6efc252fa107b05de2be84',
+        (
+            'neuron.causal_attention',
+            'neuron.EfficientBioNeuron',
+            'cortical.CorticalLayer',
+            'cortical.GPTBlock',
+            'feedback.run_layers',
+            'feedback.Feedback',
+            'model.BioGPTModel',
+            'model.BioGPTForCausalLM',
+        ),
+    ),
+)
+
 # %% ../nbs/00_core.ipynb #acae54e37e7d407bbb7b55eff062a284
 def _inert_methods(c: ast.ClassDef) -> ast.ClassDef:
     "Class `c` without its methods' docstrings and type annotations: nothing reads them when the code runs."
@@ -342,8 +363,9 @@ def _head(trees: dict[str, ast.Module]) -> tuple[dict, dict, dict]:
     return each, together, {p: _refers(t) for p, t in trees.items()}
 
 
-def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
-    "Whether code of file `p` at a commit (text `then`) is gone or different in the Python files at HEAD."
+def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple, same: dict) -> bool:
+    """Whether code of file `p` at a commit (text `then`) is gone or different in the Python files at HEAD; `same`: name ->
+    (code, code) pairs shown to compute the same (`_same_computation`)."""
     old = _module(then)
     if old is None:
         return True
@@ -359,8 +381,9 @@ def _gone(then: str, p: str, trees: dict[str, ast.Module], head: tuple) -> bool:
         )
 
     for name, codes in _bindings(old).items():
-        if codes <= together.get(name, set()):
-            continue  # the same code, here or moved to another of the files
+        now = together.get(name, set())
+        if all(c in now or any((c, a) in same.get(name, ()) for a in now) for c in codes):
+            continue  # the same code (or code shown to compute the same), here or moved to another of the files
         if name in each.get(p, {}) or not name.isidentifier() or used(name):
             return True  # changed, or removed while the code at HEAD still refers to it
     return False
@@ -371,10 +394,28 @@ def _git_show(rev: str, path, root) -> str | None:
     return r.stdout if r.returncode == 0 else None
 
 
-def changed_since(commit: str | None, paths, root=None) -> list[str] | None:
+def _same_computation(paths, root, declared) -> dict[str, set[tuple[str, str]]]:
+    "name -> (code before, code after) of each definition in the files `paths` that a change of `declared` lists."
+    out = {}
+    for before, after, names in declared:
+        for p in paths:
+            listed = [n.split('.')[1] for n in names if n.split('.')[0] == Path(p).stem]
+            texts = [_git_show(rev, p, root) for rev in (before, after)] if listed else [None]
+            if None in texts:
+                continue
+            then, now = (_bindings(_module(t) or ast.Module(body=[], type_ignores=[])) for t in texts)
+            for n in listed:
+                out.setdefault(n, set()).update((a, b) for a in then.get(n, ()) for b in now.get(n, ()))
+    return out
+
+
+def changed_since(
+    commit: str | None, paths, root=None, same_computation: tuple | None = None
+) -> list[str] | None:
     """The files among `paths` whose code at `commit` is gone or different at HEAD (None when git cannot tell: no
     commit, no repository, or a commit this repository does not have). Python files are compared statement by
-    statement across all of `paths`; any other file by its text."""
+    statement across all of `paths`, a definition changed in a change of `same_computation` (default
+    `SAME_COMPUTATION`) counting as unchanged; any other file by its text."""
     if not commit:
         return None
     root, rev, paths = root or repo_root(), str(commit).removesuffix('+dirty'), list(map(str, paths))
@@ -388,11 +429,14 @@ def changed_since(commit: str | None, paths, root=None) -> list[str] | None:
         now = {p: _git_show('HEAD', p, root) for p in paths}
         trees = {p: t for p in paths if p.endswith('.py') and now[p] is not None and (t := _module(now[p]))}
         head = _head(trees)
+        same = _same_computation(
+            paths, root, SAME_COMPUTATION if same_computation is None else same_computation
+        )
         return [
             p
             for p in paths
             if then[p] is not None  # a file made after the commit ran no part of the record
-            and (_gone(then[p], p, trees, head) if p.endswith('.py') else then[p] != now[p])
+            and (_gone(then[p], p, trees, head, same) if p.endswith('.py') else then[p] != now[p])
         ]
     except (OSError, subprocess.SubprocessError):
         return None

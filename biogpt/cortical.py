@@ -89,7 +89,13 @@ class CorticalLayer(GradientCheckpointingLayer):
             self.neuron_weights = nn.Parameter(torch.zeros(len(shapes)))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor, states: list[NeuronState] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        states: list[NeuronState] | None = None,
+        live: torch.Tensor | None = None,
+        maps: list | None = None,
+    ) -> torch.Tensor:
         """The residual stream after this layer's neurons: `h` plus their projected outputs, mixed by
         `softmax(neuron_weights)` (one neuron: its output alone), after dropout.
 
@@ -100,15 +106,23 @@ class CorticalLayer(GradientCheckpointingLayer):
                 The decoding memory of each neuron, in the order of the layer's neurons: given, `h` continues
                 the sequence they hold and each is updated in place. `None`: `h` is a whole sequence from its
                 start.
+            live (`torch.BoolTensor` of shape `(batch, past + seq_len)`, *optional*):
+                Which positions carry a token (`EfficientBioNeuron.forward`); `None`: all.
+            maps (`list`, *optional*):
+                Given, the layer's attention weights are appended to it as one tensor, `(batch, branches,
+                seq_len, past + seq_len)`: the branches of all its neurons, neuron after neuron.
 
         Returns:
             `torch.FloatTensor` of shape `(batch, seq_len, d_model)`.
         """
         x = self.ln(h)
+        branch_maps = None if maps is None else []
         outs = [
-            proj(neuron(x, None if states is None else s))
+            proj(neuron(x, None if states is None else s, live, branch_maps))
             for neuron, proj, s in zip(self.neurons, self.proj, states or self.neurons)
         ]
+        if maps is not None:
+            maps.append(torch.cat(branch_maps, 1))
         if len(outs) == 1:
             return h + self.drop(outs[0])
         w = self.neuron_weights.softmax(0)
@@ -136,7 +150,13 @@ class GPTBlock(GradientCheckpointingLayer):
         self.mlp_ln, self.mlp = nn.LayerNorm(d_model), FFN(d_model, int(ffn_expansion * d_model), activation)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, h: torch.Tensor, states: list[NeuronState] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        states: list[NeuronState] | None = None,
+        live: torch.Tensor | None = None,
+        maps: list | None = None,
+    ) -> torch.Tensor:
         """The residual stream after causal multi-head attention and the MLP, each pre-LN, added with
         dropout.
 
@@ -147,6 +167,10 @@ class GPTBlock(GradientCheckpointingLayer):
                 The decoding memory, a list of one (the signature of `CorticalLayer`'s, so that the model runs
                 either block alike): `states[0]` holds the attention's keys and values, and `h` continues its
                 sequence. `None`: `h` is a whole sequence from its start.
+            live (`torch.BoolTensor` of shape `(batch, past + seq_len)`, *optional*):
+                Which positions carry a token: a padded key is seen by no query. `None`: all.
+            maps (`list`, *optional*):
+                Given, the attention weights `(batch, heads, seq_len, past + seq_len)` are appended to it.
 
         Returns:
             `torch.FloatTensor` of shape `(batch, seq_len, d_model)`.
@@ -154,7 +178,7 @@ class GPTBlock(GradientCheckpointingLayer):
         B, T, d = h.shape
         q, k, v = self.qkv(self.attn_ln(h)).view(B, T, 3, self.nh, d // self.nh).permute(2, 0, 3, 1, 4)
         a = causal_attention(
-            q, k, v, None if states is None else states[0], self.dropout if self.training else 0.0
+            q, k, v, None if states is None else states[0], self.dropout if self.training else 0.0, live, maps
         )
         h = h + self.drop(self.out(a.transpose(1, 2).reshape(B, T, d)))
         return h + self.drop(self.mlp(self.mlp_ln(h)))

@@ -44,13 +44,14 @@ class GatedFeedback(nn.Module):
         return target + torch.sigmoid(self.gate(torch.cat([target, fb], -1))) * self.norm(fb)
 
 # %% ../nbs/05_feedback.ipynb #bf7609c2
-def run_layers(layers, h, states=None, inject=None, keep=()):
-    "Run `layers` over `h`; `inject(i, x)` may modify the input of layer i; returns the output and the outputs of layers in `keep`."
+def run_layers(layers, h, states=None, inject=None, keep=(), live=None, maps=None):
+    """Run `layers` over `h`; `inject(i, x)` may modify the input of layer i; returns the output and the outputs of layers in `keep`.
+    `live` marks the positions that carry a token; each layer appends its attention weights to `maps` when given."""
     kept = {}
     for i, layer in enumerate(layers):
         if inject is not None:
             h = inject(i, h)
-        h = layer(h, None if states is None else states[i])
+        h = layer(h, None if states is None else states[i], live, maps)
         if i in keep:
             kept[i] = h
     return h, kept
@@ -67,25 +68,39 @@ class Feedback(nn.Module):
         self.pass_weights = nn.Parameter(torch.zeros(n_passes))
 
     def forward(
-        self, layers: nn.ModuleList, h: torch.Tensor, states: list[list[list]] | None = None
-    ) -> torch.Tensor:
+        self,
+        layers: nn.ModuleList,
+        h: torch.Tensor,
+        states: list[list[list]] | None = None,
+        live: torch.Tensor | None = None,
+        keep=(),
+        maps: list | None = None,
+    ) -> tuple[torch.Tensor, dict]:
         """Run `layers` `n_passes` times from `h`; from the second pass on, each target layer's input is gated
         with its source layer's output of the pass before.
 
         Args:
             layers (`nn.ModuleList`):
-                The stack, each layer called as `layer(h, states)` (a `CorticalLayer` or a `GPTBlock`).
+                The stack, each layer called as `layer(h, states, live, maps)` (a `CorticalLayer` or a
+                `GPTBlock`).
             h (`torch.FloatTensor` of shape `(batch, seq_len, d_model)`):
                 The embedded input, the input of every pass.
             states (`list[list[list[NeuronState]]]`, *optional*):
                 The decoding memory: `states[p][i]` is that of layer `i` in pass `p` (each pass has its own,
                 as its keys and values differ). `None`: `h` is a whole sequence from its start.
+            live (`torch.BoolTensor` of shape `(batch, past + seq_len)`, *optional*):
+                Which positions carry a token; `None`: all.
+            keep (collection of `int`, *optional*):
+                The layers whose outputs in the last pass are returned.
+            maps (`list`, *optional*):
+                Given, each layer's attention weights in the last pass are appended to it.
 
         Returns:
-            `torch.FloatTensor` of shape `(batch, seq_len, d_model)`: the passes' outputs mixed by
-            `softmax(pass_weights)`.
+            A tuple, as `run_layers` returns: the passes' outputs mixed by `softmax(pass_weights)`
+            (`torch.FloatTensor` of shape `(batch, seq_len, d_model)`), and the last pass's outputs of the
+            layers in `keep` (a dict by layer index).
         """
-        finals, deep = [], None
+        finals, deep, last = [], None, self.n_passes - 1
         for p in range(self.n_passes):
             inject = (
                 None
@@ -97,8 +112,14 @@ class Feedback(nn.Module):
                 )
             )
             out, deep = run_layers(
-                layers, h, None if states is None else states[p], inject, keep=set(self.source.values())
+                layers,
+                h,
+                None if states is None else states[p],
+                inject,
+                keep=set(self.source.values()) | set(keep),
+                live=live,
+                maps=maps if p == last else None,
             )
             finals.append(out)
         w = self.pass_weights.softmax(0)
-        return sum(wi * f for wi, f in zip(w, finals))
+        return sum(wi * f for wi, f in zip(w, finals)), {i: deep[i] for i in keep}

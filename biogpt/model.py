@@ -281,20 +281,25 @@ class BioGPTModel(BioGPTPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> BaseModelOutputWithPast | tuple:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Indices of input sequence tokens in the vocabulary. Give exactly one of `input_ids` and
                 `inputs_embeds`, of at least one token.
-            attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
-                Accepted all ones only (as `generate()` passes it): a mask with zeros (padding) raises
-                `NotImplementedError`, as BioGPT trains and decodes packed, unpadded sequences. The model is
-                causal without it.
+            attention_mask (`torch.Tensor` of shape `(batch_size, past + sequence_length)`, *optional*):
+                1 where a position carries a token, 0 where it is padding, over the positions the cache holds
+                and the new ones (as `generate()` passes it). A padded position is silence: no real position
+                reads it, through attention, the NMDA trace, the temporal filter or feedback (left and right
+                padding leave the real positions as they are unpadded; see the neuron chapter). `None`: every
+                position carries a token.
             position_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)` or `(sequence_length,)`,
                 *optional*):
-                Indices into the learned position embedding, below `config.max_seq_len`. Default: the
-                positions following those the cache holds (`0 .. sequence_length - 1` without one).
+                Indices into the learned position embedding, below `config.max_seq_len`. Default: with a mask,
+                each token's count of real tokens before it (as `generate()` computes them: a left-padded
+                prompt starts at 0); without one, the positions following those the cache holds.
             cache (`Cache`, *optional*):
                 The decoding cache, used only with `use_cache`: a `BioGPTCache` of an earlier call continues
                 its sequence (the new tokens follow those it holds) and is updated in place. `None`, or an
@@ -309,23 +314,38 @@ class BioGPTModel(BioGPTPreTrainedModel):
             past_key_values (`Cache`, *optional*):
                 The name of `cache` before transformers 5.24; give the cache under one name, not both
                 (`TypeError`).
+            output_hidden_states (`bool`, *optional*):
+                Whether to return `hidden_states`. Default: `config.output_hidden_states`.
+            output_attentions (`bool`, *optional*):
+                Whether to return `attentions`, each layer's branch attention weights. Default:
+                `config.output_attentions`. Refused (`ValueError`) for a model whose neurons have no attention.
             return_dict (`bool`, *optional*):
                 Read by `can_return_tuple`: `False` returns the output's fields as a tuple.
 
         Returns:
             `BaseModelOutputWithPast`: `last_hidden_state`, the output of the final LayerNorm
-            (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_model)`), and, under `CACHE_FIELD`
+            (`torch.FloatTensor` of shape `(batch_size, sequence_length, d_model)`); under `CACHE_FIELD`
             (`cache`, or `past_key_values` before transformers 5.24), the `BioGPTCache` holding the sequence
-            so far (`None` without `use_cache`).
+            so far (`None` without `use_cache`); `hidden_states`, `n_layers + 1` tensors of that shape: the
+            embedded input, the output of each layer but the last, and `last_hidden_state` (as GPT-NeoX and
+            GPT-2 return them); with feedback, the layers' outputs of the last pass, the one that received
+            feedback (`last_hidden_state` mixes the passes); `attentions`, one tensor per layer of shape
+            `(batch_size, branches, sequence_length, past + sequence_length)`, the softmax weights of every
+            branch of the layer's neurons, neuron after neuron (a GPT block: its heads), in the last pass.
 
         Raises `ValueError` when the cached and new tokens together exceed `config.max_seq_len`.
         """
         cache = pick_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise NotImplementedError(
-                "padding (an attention_mask with zeros) is not supported: BioGPT trains and decodes packed, unpadded sequences"
+        cfg = self.config
+        output_hidden_states = (
+            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        if output_attentions and not self.has_attention():
+            raise ValueError(
+                "output_attentions: this model's neurons have no attention (an ablation without it), so there are no attention weights to return"
             )
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         T = h.shape[1]
@@ -337,6 +357,10 @@ class BioGPTModel(BioGPTPreTrainedModel):
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and not isinstance(cache, BioGPTCache):
+            if cache is not None and cache.is_compileable:
+                raise ValueError(
+                    f"BioGPT has no static cache ({type(cache).__name__}): besides keys and values its neurons carry an NMDA trace and a filter window, which a fixed-size key-value cache has no room for; decode with the default cache (leave cache_implementation unset)"
+                )
             if cache is not None and cache.get_seq_length() > 0:
                 raise TypeError(f"BioGPT decodes with a BioGPTCache, got a filled {type(cache).__name__}")
             cache = BioGPTCache(self.config)
@@ -346,19 +370,40 @@ class BioGPTModel(BioGPTPreTrainedModel):
                 f"a sequence of {past + T} tokens exceeds max_seq_len={self.config.max_seq_len}: "
                 f"shorten the prompt or generation, or use a model configured with a larger max_seq_len"
             )
+        live = None if attention_mask is None else attention_mask.bool()
+        if live is not None and live.shape[-1] != past + T:
+            raise ValueError(
+                f"attention_mask covers {live.shape[-1]} positions: give one for every position, the {past} the cache holds and the {T} new ones"
+            )
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=h.device)
+            position_ids = (
+                torch.arange(past, past + T, device=h.device)
+                if live is None
+                else (live.long().cumsum(-1) - 1).masked_fill(~live, 0)[:, -T:]
+            )
         h = self.drop(h + self.embed_positions(position_ids))
         states = cache.states if use_cache else None
+        keep = range(len(self.layers) - 1) if output_hidden_states else ()
+        maps = [] if output_attentions else None
         if hasattr(self, 'feedback'):
-            h = self.feedback(self.layers, h, states)
+            out, kept = self.feedback(self.layers, h, states, live, keep, maps)
         else:
-            h = run_layers(self.layers, h, None if states is None else states[0])[0]
+            out, kept = run_layers(
+                self.layers, h, None if states is None else states[0], None, keep, live, maps
+            )
         if use_cache:
             cache.seen += T
+        last = self.norm(out)
         return BaseModelOutputWithPast(
-            last_hidden_state=self.norm(h), **{CACHE_FIELD: cache if use_cache else None}
+            last_hidden_state=last,
+            hidden_states=(h, *(kept[i] for i in keep), last) if output_hidden_states else None,
+            attentions=tuple(maps) if output_attentions else None,
+            **{CACHE_FIELD: cache if use_cache else None},
         )
+
+    def has_attention(self) -> bool:
+        "Whether every layer attends (standard blocks, or neurons with the `attention` mechanism)."
+        return all(n.has('attention') for layer in self.layers for n in getattr(layer, 'neurons', ()))
 
 # %% ../nbs/06_model.ipynb #e51c3122
 class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
@@ -376,6 +421,13 @@ class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def prepare_inputs_for_generation(self, *args, attention_mask=None, **kwargs):
+        # `generate()` passes a mask even when nothing is padded; one without zeros is left out, so that unpadded
+        # decoding keeps the causal attention kernel training uses (and computes as it did before masks were read)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        return super().prepare_inputs_for_generation(*args, attention_mask=attention_mask, **kwargs)
+
     @can_return_tuple
     def forward(
         self,
@@ -388,16 +440,28 @@ class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         past_key_values: Cache | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
     ) -> CausalLMOutputWithPast | tuple:
         r"""
         Args:
-            input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, past_key_values:
+            input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, past_key_values,
+            output_hidden_states, output_attentions:
                 As in `BioGPTModel.forward`, which receives them.
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Targets of the left-to-right language-modelling loss, aligned with `input_ids` (not shifted:
                 the loss shifts them, scoring the logits at position `t` against `labels[:, t + 1]`).
                 Positions labelled `-100` are ignored; the loss is the mean cross-entropy over the others.
                 They need the logits of every position: leave `logits_to_keep` at 0.
+            num_items_in_batch (`int` or `torch.Tensor`, *optional*):
+                The number of scored targets over the whole (accumulated) batch, which transformers' `Trainer`
+                passes under gradient accumulation: the loss is the sum of cross-entropies divided by it
+                instead of their mean.
+            shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Targets already shifted (`shift_labels[:, t]` scores the logits at `t`), given instead of
+                `labels` when the caller has shifted them (as context-parallel training does).
             logits_to_keep (`int`, *optional*, defaults to 0):
                 `0` computes the logits at every position; `k > 0` only at the last `k` (`generate()` asks for
                 1), which spares the LM head's work on the others.
@@ -405,7 +469,8 @@ class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
                 Read by `can_return_tuple`: `False` returns the output's fields as a tuple.
 
         Returns:
-            `CausalLMOutputWithPast`: `loss` (a scalar `torch.FloatTensor`, with `labels`, else `None`),
+            `CausalLMOutputWithPast`: `loss` (a scalar `torch.FloatTensor`, with `labels` or `shift_labels`,
+            else `None`), `hidden_states` and `attentions` as `BioGPTModel` returns them,
             `logits` (`torch.FloatTensor` of shape `(batch_size, positions, vocab_size)`, `positions` being
             `sequence_length` or `logits_to_keep`) and, under `CACHE_FIELD`, the model's `BioGPTCache` (`None`
             without `use_cache`).
@@ -417,16 +482,30 @@ class BioGPTForCausalLM(BioGPTPreTrainedModel, GenerationMixin):
             cache=pick_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             return_dict=True,
         )
         h = out.last_hidden_state
         logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
         loss = (
             None
-            if labels is None
-            else self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+            if labels is None and shift_labels is None
+            else self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+                shift_labels=shift_labels,
+            )
         )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            **{CACHE_FIELD: getattr(out, CACHE_FIELD)},
+        )
 
 # %% ../nbs/06_model.ipynb #ded330dd
 AutoConfig.register(BioGPTConfig.model_type, BioGPTConfig, exist_ok=True)

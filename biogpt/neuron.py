@@ -11,8 +11,8 @@ from transformers.cache_utils import DynamicLayer
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'MECHANISMS', 'FILTER_INPUTS', 'Wiggle', 'make_activation', 'NMDATrace', 'nmda_trace',
-           'nmda_trace_reference', 'NeuronState', 'causal_attention', 'TemporalConv', 'BranchFFN', 'BranchNorm', 'FFN',
-           'EfficientBioNeuron']
+           'nmda_trace_reference', 'NeuronState', 'causal_attention', 'visible_keys', 'attention_weights',
+           'TemporalConv', 'BranchFFN', 'BranchNorm', 'FFN', 'EfficientBioNeuron']
 
 # %% ../nbs/02_neuron.ipynb #56d971f8
 class Wiggle(nn.Module):
@@ -204,18 +204,40 @@ class NeuronState(DynamicLayer):
         )
 
 # %% ../nbs/02_neuron.ipynb #13f08605
-def causal_attention(q, k, v, state: NeuronState | None = None, dropout_p: float = 0.0) -> torch.Tensor:
-    "Causal attention of queries (B, heads, T, width) over keys and values, after appending them to `state`."
+def causal_attention(
+    q, k, v, state: NeuronState | None = None, dropout_p: float = 0.0, live=None, maps: list | None = None
+) -> torch.Tensor:
+    """Causal attention of queries (B, heads, T, width) over keys and values, after appending them to `state`.
+    `live` (B, S), over every key position: which carry a token; a padded key is seen by no query. `maps`: a list to append the weights to."""
     if state is not None:
         k, v = state.update(k, v)
     T, S = q.shape[-2], k.shape[-2]
+    if live is not None or maps is not None:
+        mask = visible_keys(T, S, live, q.device)
+        if maps is not None:
+            maps.append(attention_weights(q, k, mask))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
     if T == 1:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     # the new block sees the whole past
-    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible_keys(T, S), dropout_p=dropout_p)
+
+
+def visible_keys(T: int, S: int, live=None, device=None) -> torch.Tensor:
+    """Which of S keys each of the last T queries sees: those up to its own position, and of them only the live ones
+    (`live`, (B, S)); a query always sees itself, so a padded query has a row to normalise (its output is never read).
+    (T, S) without `live`, else (B, 1, T, S)."""
+    i = torch.arange(S - T, S, device=device).unsqueeze(-1)  # the queries' positions
+    j = torch.arange(S, device=device)
+    return j <= i if live is None else (j <= i) & live[:, None, None, :].bool() | (j == i)
+
+
+def attention_weights(q, k, mask) -> torch.Tensor:
+    "The softmax weights (B, heads, T, S) of queries over keys under boolean `mask`, as `scaled_dot_product_attention` forms them."
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    return scores.masked_fill(~mask, float('-inf')).softmax(-1)
 
 # %% ../nbs/02_neuron.ipynb #d61ebac9
 class TemporalConv(nn.Conv1d):
@@ -430,7 +452,13 @@ class EfficientBioNeuron(nn.Module):
         "Whether this neuron has `mechanism` (one of `MECHANISMS`)."
         return mechanism in self.mechanisms
 
-    def forward(self, h: torch.Tensor, state: NeuronState | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        state: NeuronState | None = None,
+        live: torch.Tensor | None = None,
+        maps: list | None = None,
+    ) -> torch.Tensor:
         """The neuron's output at the positions of `h`: its branches (attention, NMDA trace, filter, branch
         FFN and norm, each where switched on), their projection to the soma, and the soma FFN.
 
@@ -442,28 +470,39 @@ class EfficientBioNeuron(nn.Module):
                 its keys and values, the NMDA trace and the filter carry on from its trace and window (each
                 where switched on), and it is updated in place. `None`: `h` is a whole sequence from its
                 start.
+            live (`torch.BoolTensor` of shape `(batch, past + seq_len)`, *optional*):
+                Which positions carry a token, over those `state` holds and those of `h`. A padded position is
+                silence: it feeds no branch (its current is zero for the NMDA trace and the filter) and is seen
+                by no query. `None`: every position carries a token.
+            maps (`list`, *optional*):
+                Given, the branches' attention weights, `(batch, branches, seq_len, past + seq_len)`, are
+                appended to it.
 
         Returns:
             `torch.FloatTensor` of shape `(batch, seq_len, d_model)`: the soma's output (not added to `h`: the
             layer adds it to the residual stream).
         """
         B, T, _ = h.shape
+        # (B, 1, T, 1): the positions of `h` that carry a token
+        silent = None if live is None else ~live[:, None, -T:, None].bool()
         if self.has('attention'):
             # (B, branches, T, width) views
             q, k, v = (t.transpose(1, 2) for t in self.qkv(h).view(B, T, 3, self.nb, self.db).unbind(2))
         else:
             v = self.v(h).view(B, T, self.nb, self.db).transpose(1, 2)  # (B, branches, T, width)
+        if silent is not None:
+            v = v.masked_fill(silent, 0.0)
         current = v  # the branch input, before the trace
         if self.has('nmda'):
             v, trace = nmda_trace(v, self.nmda_decay, None if state is None else state.trace)
             if state is not None:
                 state.trace = trace
         if self.has('attention'):
-            v = causal_attention(q, k, v, state, self.dropout if self.training else 0.0)
+            v = causal_attention(q, k, v, state, self.dropout if self.training else 0.0, live, maps)
         b = v.transpose(1, 2).reshape(B, T, -1)
         # the published wiring: the filter reads the attention output and reaches the result through the branch FFN
         if self.has('temporal_conv') and self.filter_input == 'attention':
-            f = self.conv(v, state)
+            f = self.conv(v if silent is None else v.masked_fill(silent, 0.0), state)
             b = b + (self.branch_ffn(f) if self.has('branch_ffn') else f)
         else:
             if self.has('temporal_conv'):

@@ -22,9 +22,9 @@ from .pythia_report import ARM_NAMES, _interp_at, data_words
 from .stats import SAY, as_row, as_test, describe, fdr, paired_test, with_verdicts
 
 # %% auto #0
-__all__ = ['METHOD_NAMES', 'DEGRADES', 'ISO', 'SCOPE', 'frame', 'standard', 'best_methods', 'degradation_tests', 'iso_tests',
-           'scope_tests', 'finetune_table', 'apoptosis_table', 'scope_words', 'verdict', 'plot_frontier', 'report',
-           'prune_report_cli']
+__all__ = ['METHOD_NAMES', 'DEGRADES', 'ISO', 'SCOPE', 'TABLE_INDEX', 'frame', 'standard', 'best_methods', 'degradation_tests',
+           'iso_tests', 'scope_tests', 'finetune_table', 'apoptosis_table', 'scope_words', 'verdict', 'plot_frontier',
+           'report', 'prune_report_cli', 'recorded_tables']
 
 # %% ../nbs/24_prune_report.ipynb #5c2452ba
 METHOD_NAMES = {
@@ -409,3 +409,17 @@ def prune_report_cli(
                 )
         out = report(units, command, results, figures)
         print('\n\n'.join(out['verdicts'].values()))
+
+# %% ../nbs/24_prune_report.ipynb #ad7f89b4
+TABLE_INDEX = dict(
+    degradation='sparsity',
+    iso='sparsity',
+    scope='sparsity',
+    finetune=['arm', 'fine-tuning'],
+    apoptosis=['sparsity', 'apoptosis'],
+)
+
+
+def recorded_tables(size_record: dict) -> dict[str, pd.DataFrame]:
+    "The tables of one size of a record (`results['sizes'][size]` of results/pruning_methods.json), by name."
+    return {k: pd.DataFrame(size_record[k]).set_index(index) for k, index in TABLE_INDEX.items()}
