@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .core import UserError, atomic_write, biogpt_home, count_params, git_commit
 from .core import matmul_peak, reset_peak_memory
 from .model import ABLATIONS, BioGPTConfig, BioGPTForCausalLM
-from .accounting import param_table, train_flops_per_token
+from .accounting import param_table, solve_width, train_flops_per_token
 from .study import COMPARISON_DATA, RECIPE, SIZES, WARMUP_FRAC
 from .trainer import TrainConfig, load_shards, process_state, read_log, train
 
@@ -54,12 +54,9 @@ def match_size(fields: dict, target: int, tolerance: float = TOLERANCE) -> dict:
     "`fields` with the width knob set so that the model's non-embedding parameters are within `tolerance` of `target`."
     knob, lo, hi = width_knob(fields), 1 / 64, 64.0
     n = lambda x: _non_embedding({**fields, knob: x})
-    if not n(lo) <= target <= n(hi):
+    # non-embedding parameters grow with the knob
+    if (best := solve_width(n, target, lo, hi, halvings=30)) is None:
         raise ValueError(f'no {knob} in [{lo}, {hi}] gives {target:,} non-embedding parameters')
-    for _ in range(30):  # non-embedding parameters grow with the knob
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if n(mid) < target else (lo, mid)
-    best = min((lo, hi), key=lambda x: abs(n(x) - target))
     if abs(n(best) / target - 1) > tolerance:
         raise ValueError(f'{knob} cannot bring this ablation within {tolerance:.0%} of {target:,}')
     return {**fields, knob: round(best, 6)}

@@ -5,12 +5,17 @@
 # %% ../nbs/07_accounting.ipynb #b7259a89
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
+import torch
 import torch.nn as nn
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from .core import count_params
 
 # %% auto #0
-__all__ = ['COMPONENTS', 'COMPONENT_ORDER', 'component', 'param_table', 'train_flops_per_token']
+__all__ = ['COMPONENTS', 'COMPONENT_ORDER', 'component', 'param_table', 'param_counts', 'solve_width', 'train_flops_per_token']
 
 # %% ../nbs/07_accounting.ipynb #67f9a96d
 COMPONENTS = {
@@ -84,6 +89,41 @@ def param_table(model: nn.Module) -> pd.DataFrame:
         df.loc['total'] - df.loc[[p for p in ('embeddings', 'head') if p in df.index]].sum()
     )
     return df.astype(int)
+
+# %% ../nbs/07_accounting.ipynb #49b8f024
+def param_counts(config) -> dict:
+    "Total and non-embedding parameters of a causal LM of `config`, built on the meta device (no memory, no initialisation)."
+    with torch.device('meta'):
+        return count_params(AutoModelForCausalLM.from_config(config))
+
+
+def solve_width(
+    count: Callable[[float], int],
+    target: int,
+    lo: float,
+    hi: float,
+    integer: bool = False,
+    halvings: int = 30,
+) -> float | None:
+    "The knob in [`lo`, `hi`] whose `count` (non-decreasing in it) is nearest `target`: an integer when `integer`, else after `halvings` bisections; None when `target` is outside `count(lo)`..`count(hi)`."
+    c_lo, c_hi = count(lo), count(hi)
+    if not c_lo <= target <= c_hi:
+        return None
+    if integer:
+        lo, hi = int(lo), int(hi)
+        while hi - lo > 1:
+            # where the line through the ends meets the target: exact for an affine count
+            mid = lo + (target - c_lo) * (hi - lo) // max(c_hi - c_lo, 1)
+            mid = min(max(mid, lo + 1), hi - 1)
+            if (c := count(mid)) < target:
+                lo, c_lo = mid, c
+            else:
+                hi, c_hi = mid, c
+    else:
+        for _ in range(halvings):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda x: abs(count(x) - target))
 
 # %% ../nbs/07_accounting.ipynb #b374159b
 def _matmul_params(module: nn.Module, skip=()) -> int:

@@ -5,7 +5,7 @@
 # %% ../nbs/18_bench.ipynb #1fab1d94
 from __future__ import annotations
 import dataclasses, math, multiprocessing, statistics, tempfile, time
-from functools import partial
+from functools import cache, partial
 
 import pandas as pd
 import torch
@@ -19,7 +19,7 @@ from .core import matmul_peak, seconds, user_errors
 from .ablations import variants
 from .cortical import attention_heads
 from .model import BioGPTConfig, BioGPTForCausalLM, generation_gap
-from .accounting import param_table, train_flops_per_token
+from .accounting import param_counts, param_table, solve_width, train_flops_per_token
 from .neuron import MECHANISMS, BranchFFN, TemporalConv, nmda_trace
 from .study import COMPARISON_DATA, RECIPE, SIZES
 from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, param_groups
@@ -127,28 +127,26 @@ def bench_optimizer(model: nn.Module, rounds: int = 10) -> pd.Series:
 
 # %% ../nbs/18_bench.ipynb #82a8d7b0
 def matched_neox(config: BioGPTConfig, target: int) -> GPTNeoXConfig:
-    "A GPT-NeoX config of the same width, vocabulary and context whose total parameters are within 5% of `target`."
+    "A GPT-NeoX config of the same width, vocabulary and context whose total parameters are nearest `target` (`solve_width`), at the depth whose MLP is nearest the usual 4d."
     d, best = config.d_model, None
     for layers in range(1, 4 * config.n_layers + 1):
-        emb = 2 * config.vocab_size * d + 2 * d
-        # attention (qkv + dense, biased), two LayerNorms, MLP output bias
-        per_layer_fixed = 4 * d * d + 4 * d + 4 * d + d
-        # the intermediate width that hits the target
-        ffn = (target - emb - layers * per_layer_fixed) / (layers * (2 * d + 1))
-        if ffn < d:
-            break
-        cfg = GPTNeoXConfig(
+        make = lambda ffn: GPTNeoXConfig(
             vocab_size=config.vocab_size,
             hidden_size=d,
             num_hidden_layers=layers,
             num_attention_heads=attention_heads(d),
-            intermediate_size=int(round(ffn)),
+            intermediate_size=ffn,
             max_position_embeddings=config.max_seq_len,
             tie_word_embeddings=False,
         )
-        ratio = abs(math.log(ffn / (4 * d)))  # prefer the depth whose MLP is closest to the usual 4d
+        count = cache(lambda ffn: param_counts(make(ffn))['total'])
+        if count(d) > target:
+            break  # deeper models only get narrower MLPs
+        if (ffn := solve_width(count, target, d, 16 * d, integer=True)) is None:
+            continue  # it would need an MLP wider than 16 d
+        ratio = abs(math.log(ffn / (4 * d)))
         if best is None or ratio < best[0]:
-            best = (ratio, cfg)
+            best = (ratio, make(ffn))
     if best is None:
         raise ValueError(f"no GPT-NeoX of width {d} has {target:,} parameters")
     return best[1]

@@ -5,6 +5,7 @@
 # %% ../nbs/13_pythia.ipynb #39052c96
 from __future__ import annotations
 import copy, dataclasses, json, math, time
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from .core import UserError, atomic_write, biogpt_home, count_params, git_commit
 from .data import require_hub
 from .cortical import attention_heads
 from .model import BioGPTConfig
-from .accounting import train_flops_per_token
+from .accounting import param_counts, solve_width, train_flops_per_token
 from .pruning import apoptosis, magnitude_prune, make_permanent, pruning_study
 from .study import CHECKPOINTS, COMPARISON_DATA, CURVE_POINTS, RECIPE, SIZES
 from .study import TOKENS_PER_PARAM, WARMUP_FRAC
@@ -25,9 +26,9 @@ from .trainer import run_summary
 
 # %% auto #0
 __all__ = ['PYTHIA_160M', 'PYTHIA_ARCH', 'PYTHIA_STEPS', 'PYTHIA_WARMUP', 'PUBLISHED_STEP', 'ARMS', 'PROMPTS', 'SAMPLING',
-           'SPARSITIES', 'STRUCTURED', 'MAIN_JOB', 'STUDY', 'PUBLISHED_PYTHIA', 'pythia_config', 'param_counts',
-           'twin_config', 'size_table', 'arm_configs', 'stop_step', 'generate_all', 'apoptosis_probe', 'run_id',
-           'run_arm', 'run_plan', 'load_pythia', 'checkpoint_study']
+           'SPARSITIES', 'STRUCTURED', 'MAIN_JOB', 'STUDY', 'PUBLISHED_PYTHIA', 'pythia_config', 'twin_config',
+           'size_table', 'arm_configs', 'stop_step', 'generate_all', 'apoptosis_probe', 'run_id', 'run_arm', 'run_plan',
+           'load_pythia', 'checkpoint_study']
 
 # %% ../nbs/13_pythia.ipynb #cb3463d0
 PYTHIA_160M = dict(
@@ -49,12 +50,6 @@ PYTHIA_ARCH = dict(
 def pythia_config(**fields) -> GPTNeoXConfig:
     "A GPT-NeoX config with Pythia's architecture, at Pythia-160M's sizes unless `fields` say otherwise."
     return GPTNeoXConfig(**{**PYTHIA_160M, **PYTHIA_ARCH, **fields})
-
-
-def param_counts(config) -> dict:
-    "Total and non-embedding parameters of a causal LM of `config`, built on the meta device (no memory, no initialisation)."
-    with torch.device('meta'):
-        return count_params(AutoModelForCausalLM.from_config(config))
 
 # %% ../nbs/13_pythia.ipynb #a073d1d5
 def _neox_shape(d_model: int) -> int | None:
@@ -78,11 +73,11 @@ def twin_config(bio: BioGPTConfig, tolerance: float = 0.03) -> GPTNeoXConfig:
             intermediate_size=ffn,
             max_position_embeddings=bio.max_seq_len,
         )
-        at_d, at_2d = (param_counts(make(f))['non_embedding'] for f in (d, 2 * d))
-        # non-embedding parameters are linear in the MLP width
-        ffn = round(d + (target - at_d) * d / (at_2d - at_d))
-        if ffn < d // 2:
+        count = cache(lambda ffn: param_counts(make(ffn))['non_embedding'])
+        if count(d // 2) > target:
             break  # wider models only get narrower MLPs
+        if (ffn := solve_width(count, target, d // 2, 16 * d, integer=True)) is None:
+            continue  # it would need an MLP wider than 16 d
         miss = abs(math.log(ffn / (4 * d)))
         if best is None or miss < best[0]:
             best = (miss, make(ffn))

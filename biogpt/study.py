@@ -8,7 +8,7 @@ __all__ = ['COMPARISON_DATA', 'SIZES', 'RECIPE', 'TOKENS_PER_PARAM', 'WARMUP_FRA
 # %% ../nbs/11_study.ipynb #7dc4b1de
 COMPARISON_DATA = dict(source='default', tokenizer='bpe', vocab_size=512, scale=1.0)
 SIZES = dict(
-    tiny=dict(d_model=32, n_layers=3, seq_len=32),
+    smoke=dict(d_model=32, n_layers=3, seq_len=32),
     main=dict(d_model=64, n_layers=3, seq_len=128),
     large=dict(d_model=80, n_layers=4, seq_len=128),
 )

@@ -40,6 +40,7 @@ from .core import json_option, peak_memory_mb, perf_env, repo_root, save_result,
 from .data import TokenShards, bits_per_byte, build_shards, default_data, get_tokenizer, hf_corpus
 from .cortical import attention_heads
 import biogpt.model  # registers the 'biogpt_dendritic' model type with the Auto classes
+from .study import COMPARISON_DATA
 
 # %% auto #0
 __all__ = ['PRESETS', 'CPU_PRECISION', 'CKPT_PREFIX', 'TrainConfig', 'model_fields', 'model_config', 'build_model', 'run_name',
@@ -151,7 +152,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, device=None) -> PreTrainedMod
 
 # %% ../nbs/08_trainer.ipynb #6c5392f9
 _PUBLISHED = biogpt.model.BioGPTConfig()  # the published model: its defaults
-_SMALL_DATA = dict(source='default', tokenizer='bpe', vocab_size=512, scale=0.02)
+_SMALL_DATA = {**COMPARISON_DATA, 'scale': 0.02}  # the tests' data: the studies', at 2% of its size
 _PILE = dict(
     source='hub',
     path='monology/pile-uncopyrighted',
