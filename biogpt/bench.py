@@ -4,7 +4,7 @@
 
 # %% ../nbs/18_bench.ipynb #1fab1d94
 from __future__ import annotations
-import dataclasses, math, multiprocessing, statistics, tempfile, time
+import contextlib, dataclasses, math, multiprocessing, statistics, tempfile, time
 from functools import cache, partial
 
 import pandas as pd
@@ -22,11 +22,14 @@ from .model import BioGPTConfig, BioGPTForCausalLM, generation_gap
 from .accounting import param_counts, param_table, solve_width, train_flops_per_token
 from .neuron import MECHANISMS, BranchFFN, TemporalConv, nmda_trace
 from .study import COMPARISON_DATA, RECIPE, SIZES
-from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, param_groups
+from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, model_config
+from .trainer import param_groups
+from .pythia import arm_configs, twin_config
 
 # %% auto #0
-__all__ = ['BENCHES', 'kernel_ms', 'autograd_scan', 'bench_nmda', 'bench_temporal_conv', 'bench_branch_ffn', 'bench_optimizer',
-           'matched_neox', 'train_speeds', 'weight_floor', 'bench_generation', 'mechanism_costs', 'bench_model',
+__all__ = ['MODES', 'BENCHES', 'kernel_ms', 'autograd_scan', 'bench_nmda', 'bench_temporal_conv', 'bench_branch_ffn',
+           'bench_optimizer', 'matched_neox', 'training_step', 'train_speeds', 'weight_floor', 'bench_generation',
+           'mechanism_costs', 'bench_model', 'profile_step', 'study_arms', 'published_slice', 'bench_speed',
            'bare_steps', 'bench_trainer', 'ablation_models', 'bench_ablations', 'show_published', 'bench_cli']
 
 # %% ../nbs/18_bench.ipynb #82ac81e1
@@ -152,25 +155,45 @@ def matched_neox(config: BioGPTConfig, target: int) -> GPTNeoXConfig:
     return best[1]
 
 # %% ../nbs/18_bench.ipynb #060bcdcd
-def _measure_train(kind: str, config_dict: dict, batch: int, seq_len: int, steps: int, warmup: int, q):
+MODES = (
+    'eager',
+    'compile',
+    'bf16',
+)  # a training step as written, through torch.compile (Inductor), under bf16 autocast
+
+
+def training_step(kind: str, config_dict: dict, batch: int, seq_len: int, mode: str = 'eager'):
+    "A fresh model of `config_dict` (seed 0) and a function that runs one training step of it (forward, backward, AdamW) on a fixed random batch, in `mode` (one of `MODES`)."
+    if mode not in MODES:
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
     torch.manual_seed(0)
     cfg = (BioGPTConfig if kind == 'biogpt' else GPTNeoXConfig)(**config_dict)
     model = (BioGPTForCausalLM if kind == 'biogpt' else GPTNeoXForCausalLM)(cfg).train()
     # fused, as the trainer's (`make_optimizer`), for both models
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, cfg.vocab_size, (batch, seq_len))
+    forward = torch.compile(model) if mode == 'compile' else model
 
     def step():
-        model(input_ids=x, labels=x).loss.backward()
+        with torch.autocast('cpu', torch.bfloat16) if mode == 'bf16' else contextlib.nullcontext():
+            loss = forward(input_ids=x, labels=x).loss
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
+    return model, step
+
+
+def _measure_train(
+    kind: str, config_dict: dict, batch: int, seq_len: int, steps: int, warmup: int, mode: str, q
+):
+    model, step = training_step(kind, config_dict, batch, seq_len, mode)
+    first = [seconds(step) for _ in range(warmup)]  # under 'compile', the first step compiles
     q.put(
         dict(
             params=count_params(model)['total'],
             params_non_embedding=count_params(model)['non_embedding'],
+            first_step_s=first[0],
             step_times=[seconds(step) for _ in range(steps)],
             flops_per_token=train_flops_per_token(model, seq_len),
             peak_memory_mb=peak_memory_mb(),
@@ -199,14 +222,17 @@ def _train_row(runs: list[dict], tokens: int) -> dict:
         flops_per_token=runs[0]['flops_per_token'],
         peak_memory_mb=max(r['peak_memory_mb'] for r in runs),
         round_step_s=[statistics.median(r['step_times']) for r in runs],
+        first_step_s=[r['first_step_s'] for r in runs],
     )
 
 
 def train_speeds(variants: dict, batch: int, seq_len: int, steps: int, warmup: int, rounds: int) -> dict:
-    "The training numbers of each variant (name: (kind, config)), each run a fresh process, the variants alternating over `rounds`."
+    "The training numbers of each variant (name: (kind, config) or (kind, config, mode)), each run a fresh process, the variants alternating over `rounds`."
     runs = {
-        k: partial(_in_fresh_process, _measure_train, kind, cfg.to_dict(), batch, seq_len, steps, warmup)
-        for k, (kind, cfg) in variants.items()
+        k: partial(
+            _in_fresh_process, _measure_train, kind, cfg.to_dict(), batch, seq_len, steps, warmup, mode
+        )
+        for k, (kind, cfg, mode) in ((k, (*v, "eager")[:3]) for k, v in variants.items())
     }
     return {k: _train_row(rs, batch * seq_len) for k, rs in alternate(runs, rounds).items()}
 
@@ -329,6 +355,89 @@ def bench_model(
             threads=torch.get_num_threads(),
         ),
     )
+
+# %% ../nbs/18_bench.ipynb #acae54e37e7d407bbb7b55eff062a284
+def profile_step(
+    kind: str, config, batch: int, seq_len: int, steps: int = 3, warmup: int = 2, top: int = 12
+) -> pd.DataFrame:
+    "The operators of an eager training step of a fresh `config` model (`training_step`) by self CPU time: milliseconds and calls per step and share of the step, the `top` operators and then the rest as one row."
+    _, step = training_step(kind, config.to_dict(), batch, seq_len)
+    for _ in range(warmup):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    ops = (
+        pd.DataFrame(
+            [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()],
+            columns=['operator', 'ms', 'calls'],
+        )
+        .set_index('operator')
+        .sort_values('ms', ascending=False)
+    )
+    table = pd.concat([ops.head(top), ops.iloc[top:].sum().to_frame('(the rest)').T])
+    return table.assign(share=table.ms / ops.ms.sum())
+
+
+def study_arms(size: str) -> dict:
+    "BioGPT and its Pythia twin as the comparison trains them at the study's `size` (`arm_configs`): name -> (kind, model config)."
+    vocab = COMPARISON_DATA['vocab_size']
+    arms = arm_configs(vocab, size)
+    return {a: (arms[a].arch, model_config(arms[a], vocab)) for a in ('biogpt', 'pythia')}
+
+
+def published_slice(n_layers: int = 3) -> dict:
+    "The published configuration cut to `n_layers` layers (at 3, one per zone) and its Pythia twin: name -> (kind, model config)."
+    bio = BioGPTConfig(n_layers=n_layers)
+    return dict(biogpt=('biogpt', bio), pythia=('gpt_neox', twin_config(bio)))
+
+# %% ../nbs/18_bench.ipynb #72eea5119410473aa328ad9291626812
+def _records(table: pd.DataFrame) -> dict:
+    "A profile table as JSON: {'operator': [...], 'ms': [...], 'calls': [...], 'share': [...]}."
+    return table.rename_axis('operator').reset_index().to_dict('list')
+
+
+def bench_speed(
+    sizes=('main', 'large'), steps: int = 5, warmup: int = 3, rounds: int = 2, profile_steps: int = 3
+) -> dict:
+    "Training tokens/s and model FLOP/s of BioGPT and its Pythia twin at each study size in each of `MODES` (fresh processes, alternating over `rounds`), and the operator profile of an eager step of each at the main size and at `published_slice`."
+    batch, out = RECIPE['micro_batch'], dict(sizes={}, profiles={})
+    for size in sizes:
+        arms = study_arms(size)
+        variants = {f'{a} {m}': (*arms[a], m) for a in arms for m in MODES}
+        rows = train_speeds(variants, batch, SIZES[size]['seq_len'], steps, warmup, rounds)
+        for r in rows.values():
+            r['model_tflops'] = r['tokens_per_s'] * r['flops_per_token'] / 1e12
+        out['sizes'][size] = dict(
+            train=rows,
+            # BioGPT against its twin in the same mode: a fair comparison gives both arms the same tools
+            flops_ratio={
+                m: rows[f'biogpt {m}']['model_tflops'] / rows[f'pythia {m}']['model_tflops'] for m in MODES
+            },
+            speedup={
+                k: r['tokens_per_s'] / rows[k.split()[0] + ' eager']['tokens_per_s'] for k, r in rows.items()
+            },
+        )
+    shapes = dict(
+        main=(study_arms('main'), batch, SIZES['main']['seq_len']), published=(published_slice(), 1, 1024)
+    )
+    for where, (arms, b, t) in shapes.items():
+        out['profiles'][where] = dict(
+            batch=b,
+            seq_len=t,
+            **{a: _records(profile_step(kind, cfg, b, t, profile_steps)) for a, (kind, cfg) in arms.items()},
+        )
+    out['setup'] = dict(
+        sizes=list(sizes),
+        batch=batch,
+        steps=steps,
+        warmup=warmup,
+        rounds=rounds,
+        profile_steps=profile_steps,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+    )
+    return out
 
 # %% ../nbs/18_bench.ipynb #bdfbb326
 def bare_steps(
@@ -456,7 +565,7 @@ def show_published(seq_len: int = 1024) -> dict:
     return dict(params=count_params(model), forward_s=fwd, logits_shape=list(out['logits'].shape))
 
 # %% ../nbs/18_bench.ipynb #0d8d7485
-BENCHES = ('model', 'trainer', 'ablations', 'published')
+BENCHES = ('model', 'speed', 'trainer', 'ablations', 'published')
 
 
 def _summary(what: str, r: dict) -> str:
@@ -466,6 +575,14 @@ def _summary(what: str, r: dict) -> str:
         return '\n'.join(
             f"{k}: {v['tokens_per_s']:,.0f} tokens/s, MFU {v['mfu']:.1%}, peak {v['peak_memory_mb']:,.0f} MiB"
             for k, v in r['train'].items()
+        )
+    if what == 'speed':
+        return '\n'.join(
+            f"{size}: BioGPT / Pythia twin model FLOP/s "
+            + ', '.join(f'{m} {x:.2f}x' for m, x in s['flops_ratio'].items())
+            + '; speed-up over eager '
+            + ', '.join(f'{k} {x:.2f}x' for k, x in s['speedup'].items() if not k.endswith('eager'))
+            for size, s in r['sizes'].items()
         )
     lines = [
         f"BioGPT / GPT-NeoX: parameters {r['param_ratio']:.3f}x, tokens/s {r['tokens_ratio']:.2f}x, model FLOP/s {r['flops_ratio']:.2f}x"
@@ -479,10 +596,10 @@ def _summary(what: str, r: dict) -> str:
 
 @call_parse
 def bench_cli(
-    what: str,  # model (BioGPT against GPT-NeoX), trainer (the trainer against a bare loop), ablations (the matrix's models) or published (one forward pass)
+    what: str,  # model (BioGPT against GPT-NeoX), speed (BioGPT and its twin eager, compiled and in bf16), trainer (the trainer against a bare loop), ablations (the matrix's models) or published (one forward pass)
     preset: str = 'cpu',  # trainer: the preset whose model and batch are measured
-    steps: int = 10,  # model, ablations: measured training steps per model and round
-    rounds: int = 3,  # model, ablations: rounds, the models alternating
+    steps: int = 10,  # model, speed, ablations: measured training steps per model and round
+    rounds: int = 3,  # model, speed, ablations: rounds, the models alternating
     blocks: int = 6,  # trainer: blocks of steps, the trainer and the bare loop alternating
     results: str = None,  # folder of the results files (default: the repository's results/)
     no_results: bool = False,  # print only
@@ -495,9 +612,11 @@ def bench_cli(
             show_published()
             return
         t0 = time.perf_counter()
-        if what in ('model', 'ablations'):
+        if what in ('model', 'speed', 'ablations'):
             r, config, command = (
-                (bench_model if what == 'model' else bench_ablations)(steps=steps, rounds=rounds),
+                dict(model=bench_model, speed=bench_speed, ablations=bench_ablations)[what](
+                    steps=steps, rounds=rounds
+                ),
                 None,
                 f'{what} --steps {steps} --rounds {rounds}',
             )

@@ -461,6 +461,7 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     data=('data',),
     data_bench=('data',),
     model_bench=(*MODEL_MODULES, 'bench'),
+    speed_bench=(*MODEL_MODULES, 'study', 'pythia', 'bench'),
     train_cpu=('data', *MODEL_MODULES, 'trainer'),
     train_cpu_gpt_neox=('data', 'trainer'),
     trainer_bench=('data', *MODEL_MODULES, 'trainer', 'bench'),

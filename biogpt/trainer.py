@@ -75,6 +75,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     mixed_precision: str = 'auto'  # 'auto' (bf16 on a GPU, CPU_PRECISION on a CPU), 'no', 'bf16' or 'fp16'
     grad_checkpointing: bool = False
+    # train through torch.compile (Inductor), every architecture alike; evaluation, checkpoints and generation stay eager
+    compile: bool = False
     eval_every: int = 100  # steps between evaluations (0: only at the end)
     eval_tokens: int | None = 32_768  # validation tokens per domain at intervals (None: the whole split)
     final_eval_tokens: int | None = None  # validation tokens per domain at the end (None: the whole split)
@@ -536,6 +538,7 @@ _RUNTIME_KEYS = {
     'dtype',
     'torch_dtype',
     'use_cache',
+    'compile',  # how the steps run, not what they compute: a run resumes with it on or off
 }
 _SAME_RUN_KEYS = ('seed', 'batch_size', 'seq_len', 'data')
 
@@ -640,6 +643,8 @@ class Trainer:
             model.activation_checkpointing_enable(dict(use_reentrant=False))
         opt = make_optimizer(model, cfg)
         self.model, self.opt, self.sched = self.acc.prepare(model, opt, lr_schedule(opt, cfg))
+        # the training steps' forward; the compiled one shares the model's parameters
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.acc.register_save_state_pre_hook(self._save_weights)
         self.acc.register_load_state_pre_hook(self._load_weights)
         set_seed(cfg.seed)  # dropout and any other randomness of the run
@@ -772,7 +777,8 @@ def train_step(self: Trainer) -> dict:
         rows = micro_rows(k, cfg.micro_batch, acc.process_index, acc.num_processes)
         with acc.accumulate(self.model):
             loss = lm_loss(
-                self.model(input_ids=x[rows].to(acc.device), use_cache=False).logits, y[rows].to(acc.device)
+                self.step_model(input_ids=x[rows].to(acc.device), use_cache=False).logits,
+                y[rows].to(acc.device),
             )
             acc.backward(loss)
         total += loss.detach()
