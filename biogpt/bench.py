@@ -4,8 +4,10 @@
 
 # %% ../nbs/18_bench.ipynb #1fab1d94
 from __future__ import annotations
-import contextlib, dataclasses, math, multiprocessing, statistics, tempfile, time
+import dataclasses, math, multiprocessing, statistics, tempfile, time
+import contextlib, hashlib, importlib.util, json
 from functools import cache, partial
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -16,21 +18,23 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from .core import UserError, alternate, count_params, invoked_as, peak_memory_mb, perf_env, save_result
 from .core import matmul_peak, seconds, user_errors
+from .core import load_result
 from .ablations import variants
 from .cortical import attention_heads
 from .model import BioGPTConfig, BioGPTForCausalLM, generation_gap
 from .accounting import param_counts, param_table, solve_width, train_flops_per_token
 from .neuron import MECHANISMS, BranchFFN, TemporalConv, nmda_trace
 from .study import COMPARISON_DATA, RECIPE, SIZES
-from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, model_config
-from .trainer import param_groups
-from .pythia import arm_configs, twin_config
+from .trainer import Trainer, build_model, get_preset, lm_loss, make_optimizer, micro_rows, param_groups
+from .trainer import TrainConfig, load_shards, model_config, read_log, run_summary
+from .pythia import arm_configs, run_id, twin_config
 
 # %% auto #0
-__all__ = ['MODES', 'BENCHES', 'kernel_ms', 'autograd_scan', 'bench_nmda', 'bench_temporal_conv', 'bench_branch_ffn',
-           'bench_optimizer', 'matched_neox', 'training_step', 'train_speeds', 'weight_floor', 'bench_generation',
-           'mechanism_costs', 'bench_model', 'profile_step', 'study_arms', 'published_slice', 'bench_speed',
-           'bare_steps', 'bench_trainer', 'ablation_models', 'bench_ablations', 'show_published', 'bench_cli']
+__all__ = ['MODES', 'REPRODUCED', 'BENCHES', 'kernel_ms', 'autograd_scan', 'bench_nmda', 'bench_temporal_conv',
+           'bench_branch_ffn', 'bench_optimizer', 'matched_neox', 'training_step', 'train_speeds', 'weight_floor',
+           'bench_generation', 'mechanism_costs', 'bench_model', 'profile_step', 'study_arms', 'published_slice',
+           'bench_speed', 'bench_attention', 'faster_config', 'reproduce', 'bench_upstream', 'bare_steps',
+           'bench_trainer', 'ablation_models', 'bench_ablations', 'show_published', 'bench_cli']
 
 # %% ../nbs/18_bench.ipynb #82ac81e1
 def kernel_ms(forms: dict, x: torch.Tensor, rounds: int, backward: bool = True) -> dict[str, float]:
@@ -439,6 +443,171 @@ def bench_speed(
     )
     return out
 
+# %% ../nbs/18_bench.ipynb #10185d26023b46108eb7d9f57d49d2b3
+def bench_attention(
+    batch: int = 32,
+    seq_len: int = 128,
+    shapes=((8, 8), (16, 8), (8, 16), (4, 16), (1, 96), (3, 96)),
+    rounds: int = 5,
+) -> pd.DataFrame:
+    "Milliseconds of causal `scaled_dot_product_attention`, forward and backward, per call and per map, at each (maps, width) of `shapes`, in float32 and bf16."
+    rows = {}
+    for maps, width in shapes:
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = (
+                torch.randn(batch, maps, seq_len, width, dtype=dtype, requires_grad=True) for _ in range(3)
+            )
+
+            def call():
+                F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+            call()
+            ms = 1e3 * statistics.median(seconds(call) for _ in range(rounds))
+            rows[maps, width, str(dtype).removeprefix('torch.')] = dict(ms=ms, ms_per_map=ms / maps)
+    return pd.DataFrame(rows).T.rename_axis(['maps', 'width', 'dtype'])
+
+# %% ../nbs/18_bench.ipynb #7cdc8c89c7104fffa095e18ddfef8986
+REPRODUCED = (
+    ('main', 'biogpt', 0),
+    ('main', 'biogpt', 1),
+    ('main', 'pythia', 0),
+)  # (size, arm, seed) runs trained again
+
+
+def faster_config(recorded: dict, mode: str) -> TrainConfig:
+    "The `TrainConfig` of a recorded run's configuration (as JSON) with the faster path `mode` switched on: 'compile' or 'bf16'."
+    if mode not in ('compile', 'bf16'):
+        raise UserError(f"a faster path is 'compile' or 'bf16', got {mode!r}")
+    try:
+        cfg = TrainConfig(**{**recorded, 'betas': tuple(recorded['betas'])})
+    except TypeError as e:
+        raise UserError(f'the record holds a configuration this trainer does not take ({e})') from None
+    return dataclasses.replace(
+        cfg, **(dict(compile=True) if mode == 'compile' else dict(mixed_precision='bf16'))
+    )
+
+
+def _train_again(cfg: TrainConfig) -> tuple[dict, list[float]]:
+    "Train `cfg` to its end in a temporary folder: the run's summary and its steps' seconds."
+    with tempfile.TemporaryDirectory() as d:
+        tr = Trainer(cfg, d, shards=load_shards(cfg.data), verbose=False)
+        tr.fit()
+        return run_summary(Path(d) / 'log.jsonl', tr), [
+            r['step_s'] for r in read_log(Path(d) / 'log.jsonl', 'train')
+        ]
+
+
+def reproduce(runs=REPRODUCED, mode: str = 'compile', record: str = 'pythia_study', results=None) -> dict:
+    "Train recorded comparison `runs` ((size, arm, seed)) again with the faster path `mode`, and compare each one's final bits per byte with its record's and with the spread of the recorded seeds of its arm and size."
+    records, rows = load_result(record, results)['results']['records'], []
+    for size, arm, seed in runs:
+        if (key := run_id(size, arm, seed)) not in records:
+            raise UserError(f'{record} records no run {key}')
+        old = records[key]
+        new, steps = _train_again(faster_config(old['plan']['config'], mode))
+        seeds = [
+            r['train']['eval']['all']['bpb'] for r in records.values() if (r['size'], r['arm']) == (size, arm)
+        ]
+        gap, spread = new['eval']['all']['bpb'] - old['train']['eval']['all']['bpb'], statistics.stdev(seeds)
+        rows.append(
+            dict(
+                size=size,
+                arm=arm,
+                seed=seed,
+                bpb=new['eval']['all']['bpb'],
+                recorded_bpb=old['train']['eval']['all']['bpb'],
+                gap=gap,
+                seed_std=spread,
+                seeds=len(seeds),
+                within_seed_spread=abs(gap) <= spread,
+                first_step_s=steps[0],
+                median_step_s=statistics.median(steps),
+                train_s=new['train_s'],
+                recorded_train_s=old['train']['train_s'],
+            )
+        )
+    return dict(runs=rows, setup=dict(mode=mode, record=record, threads=torch.get_num_threads()))
+
+# %% ../nbs/18_bench.ipynb #59bbdb311c014d738909a11f9e486628
+def _upstream_step(code: str, config_dict: dict, batch: int, seq_len: int, checkpointing: bool):
+    "The published implementation's model (its `model.py` at `code`) at the sizes of `config_dict` (seed 0), and one training step of it, as `training_step`'s."
+    spec = importlib.util.spec_from_file_location('upstream_biogpt', code)
+    upstream = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(upstream)
+    torch.manual_seed(0)
+    c = BioGPTConfig(**config_dict)
+    model = upstream.BioGPT(
+        vocab_size=c.vocab_size,
+        d_model=c.d_model,
+        n_layers=c.n_layers,
+        max_seq_len=c.max_seq_len,
+        use_checkpoint=checkpointing,
+    ).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    x = torch.randint(0, c.vocab_size, (batch, seq_len))
+
+    def step():
+        model(x, x)[1].backward()  # (logits, loss); its loss does not shift the targets, which costs the same
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def _measure_upstream(
+    code, config_dict: dict, batch: int, seq_len: int, steps: int, warmup: int, checkpointing, q
+):
+    model, step = (
+        _upstream_step(code, config_dict, batch, seq_len, checkpointing)
+        if code
+        else training_step('biogpt', config_dict, batch, seq_len)
+    )
+    for _ in range(warmup):
+        step()
+    q.put(dict(params=count_params(model)['total'], step_times=[seconds(step) for _ in range(steps)]))
+
+
+def bench_upstream(
+    code: str,
+    n_layers: int = 3,
+    batch: int = 1,
+    seq_len: int = 1024,
+    steps: int = 3,
+    warmup: int = 2,
+    rounds: int = 2,
+) -> dict:
+    "Training tokens/s of this library's BioGPT and of the published implementation (`code`: its `model.py`) at the published configuration cut to `n_layers` layers, alternating in fresh processes."
+    if not code or not Path(code).is_file():
+        raise UserError(f'no file {code}: give the path of the published implementation\'s biogpt/model.py')
+    config = BioGPTConfig(n_layers=n_layers).to_dict()
+    runs = {
+        name: partial(_in_fresh_process, _measure_upstream, path, config, batch, seq_len, steps, warmup, ckpt)
+        for name, path, ckpt in (
+            ('this library', None, False),
+            ('published, checkpointing off', code, False),
+            ('published, as published', code, True),
+        )
+    }
+    rows = {}
+    for k, rs in alternate(runs, rounds).items():
+        step = statistics.median(t for r in rs for t in r['step_times'])
+        rows[k] = dict(params=rs[0]['params'], step_s=step, tokens_per_s=batch * seq_len / step)
+    ours = rows['this library']['tokens_per_s']
+    return dict(
+        train=rows,
+        speedup={k: ours / r['tokens_per_s'] for k, r in rows.items() if k != 'this library'},
+        code_sha256=hashlib.sha256(Path(code).read_bytes()).hexdigest(),
+        setup=dict(
+            n_layers=n_layers,
+            batch=batch,
+            seq_len=seq_len,
+            steps=steps,
+            warmup=warmup,
+            rounds=rounds,
+            threads=torch.get_num_threads(),
+        ),
+    )
+
 # %% ../nbs/18_bench.ipynb #bdfbb326
 def bare_steps(
     model, opt, batches, accum: int, micro_batch: int, grad_clip: float, precision: str
@@ -565,7 +734,7 @@ def show_published(seq_len: int = 1024) -> dict:
     return dict(params=count_params(model), forward_s=fwd, logits_shape=list(out['logits'].shape))
 
 # %% ../nbs/18_bench.ipynb #0d8d7485
-BENCHES = ('model', 'speed', 'trainer', 'ablations', 'published')
+BENCHES = ('model', 'speed', 'reproduce', 'upstream', 'trainer', 'ablations', 'published')
 
 
 def _summary(what: str, r: dict) -> str:
@@ -575,6 +744,13 @@ def _summary(what: str, r: dict) -> str:
         return '\n'.join(
             f"{k}: {v['tokens_per_s']:,.0f} tokens/s, MFU {v['mfu']:.1%}, peak {v['peak_memory_mb']:,.0f} MiB"
             for k, v in r['train'].items()
+        )
+    if what == 'upstream':
+        return '\n'.join(f'{k}: {x:.2f}x faster' for k, x in r['speedup'].items())
+    if what == 'reproduce':
+        return '\n'.join(
+            f"{x['size']} {x['arm']} seed {x['seed']}: {x['bpb']:.4f} bpb against {x['recorded_bpb']:.4f} recorded ({x['gap']:+.4f}; seeds' std {x['seed_std']:.4f})"
+            for x in r['runs']
         )
     if what == 'speed':
         return '\n'.join(
@@ -596,11 +772,13 @@ def _summary(what: str, r: dict) -> str:
 
 @call_parse
 def bench_cli(
-    what: str,  # model (BioGPT against GPT-NeoX), speed (BioGPT and its twin eager, compiled and in bf16), trainer (the trainer against a bare loop), ablations (the matrix's models) or published (one forward pass)
+    what: str,  # model (BioGPT against GPT-NeoX), speed (BioGPT and its twin eager, compiled and in bf16), reproduce (recorded runs trained again on a faster path), upstream (against the published implementation), trainer (the trainer against a bare loop), ablations (the matrix's models) or published (one forward pass)
     preset: str = 'cpu',  # trainer: the preset whose model and batch are measured
     steps: int = 10,  # model, speed, ablations: measured training steps per model and round
-    rounds: int = 3,  # model, speed, ablations: rounds, the models alternating
+    rounds: int = 3,  # model, speed, upstream, ablations: rounds, the models alternating
     blocks: int = 6,  # trainer: blocks of steps, the trainer and the bare loop alternating
+    mode: str = 'compile',  # reproduce: the faster path the recorded runs train again with, compile or bf16
+    code: str = None,  # upstream: the published implementation's biogpt/model.py
     results: str = None,  # folder of the results files (default: the repository's results/)
     no_results: bool = False,  # print only
 ):
@@ -620,6 +798,14 @@ def bench_cli(
                 None,
                 f'{what} --steps {steps} --rounds {rounds}',
             )
+        elif what == 'reproduce':
+            r, config, command = reproduce(mode=mode, results=results), None, f'reproduce --mode {mode}'
+        elif what == 'upstream':
+            r, config, command = (
+                bench_upstream(code, rounds=rounds),
+                None,
+                f'upstream --code {code} --rounds {rounds}',
+            )
         else:
             cfg = get_preset(preset)
             r, config, command = (
@@ -634,7 +820,7 @@ def bench_cli(
                 r,
                 command=perf_env() + 'biogpt-bench ' + command,
                 config=config or r['setup'],
-                seeds=[0],
+                seeds=sorted({row['seed'] for row in r['runs']}) if what == 'reproduce' else [0],
                 timings=dict(wall_s=round(time.perf_counter() - t0, 1)),
                 folder=results,
             )

@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #308ff451
 from __future__ import annotations
 import ast, contextlib, copy, datetime, importlib.metadata, io, json, os, platform, resource, shutil, subprocess, sys, tempfile, time
+import tarfile
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 __all__ = ['STACK', 'PERF_ENV', 'FIGURE_DPI', 'SAME_COMPUTATION', 'MODEL_MODULES', 'RESULT_MODULES', 'REPORT_MODULES',
            'biogpt_home', 'repo_root', 'atomic_write', 'atomic_dir', 'git_commit', 'versions', 'run_info',
            'peak_memory_mb', 'reset_peak_memory', 'perf_env', 'seconds', 'alternate', 'matmul_peak',
-           'embedding_modules', 'count_params', 'save_result', 'load_result', 'provenance', 'save_figure',
+           'embedding_modules', 'count_params', 'save_result', 'load_result', 'provenance', 'save_figure', 'run_at',
            'changed_since', 'record_commits', 'result_status', 'StaleResultError', 'current_result', 'UserError',
            'invoked_as', 'user_errors', 'json_option', 'list_option']
 
@@ -312,6 +313,20 @@ def _inert_methods(c: ast.ClassDef) -> ast.ClassDef:
                     a.annotation = None
     return c
 
+# %% ../nbs/00_core.ipynb #7623eae2785240b9bd12b16a66d81610
+def run_at(commit: str, program: str, folder) -> Path:
+    "Run Python `program` in a fresh process with the package as it was at `commit`, extracted under `folder`; the program gets the package's folder and a path to write to as `sys.argv[1:3]`, and that path is returned."
+    root, here = repo_root(), Path(folder) / commit
+    here.mkdir(parents=True)
+    code = subprocess.run(
+        ['git', 'archive', commit, 'biogpt'], cwd=root, capture_output=True, check=True
+    ).stdout
+    tarfile.open(fileobj=io.BytesIO(code)).extractall(here, filter='data')
+    out = Path(folder) / f'{commit}.out'
+    env = dict(os.environ, PYTHONPATH=str(here), OMP_NUM_THREADS='1')
+    subprocess.run([sys.executable, '-c', program, str(here), str(out)], cwd=here, env=env, check=True)
+    return out
+
 # %% ../nbs/00_core.ipynb #604d74ae
 def _binds(s: ast.stmt) -> list[tuple[str, str]]:
     "(name, code) for each name top-level statement `s` binds; a statement that binds no name is keyed by its own code."
@@ -462,6 +477,8 @@ RESULT_MODULES = dict(  # results file: the modules whose code it measured
     data_bench=('data',),
     model_bench=(*MODEL_MODULES, 'bench'),
     speed_bench=(*MODEL_MODULES, 'study', 'pythia', 'bench'),
+    reproduce_bench=('data', *MODEL_MODULES, 'trainer', 'study', 'pythia', 'bench'),
+    upstream_bench=(*MODEL_MODULES, 'bench'),
     train_cpu=('data', *MODEL_MODULES, 'trainer'),
     train_cpu_gpt_neox=('data', 'trainer'),
     trainer_bench=('data', *MODEL_MODULES, 'trainer', 'bench'),
