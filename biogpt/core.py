@@ -295,6 +295,26 @@ SAME_COMPUTATION = (  # (commit before, commit after, the definitions changed be
             'trainer._SMALL_DATA',
         ),
     ),
+    # compiled training steps, off by default: with it off a step runs the model itself, as before (the trainer
+    # chapter trains both architectures at both commits, bit for bit the same); the benchmarks' eager measurement
+    # builds the same model from the same seed and times the same step (now built by `training_step`), its records
+    # gaining the first step's seconds; new benchmarks join the command
+    (
+        'dd2785a1f67c34f256d71a1e820bd1034b2444ba',
+        'db72c5d062945eda9d4c6d5f5136fdfc791c39b8',
+        (
+            'trainer.TrainConfig',
+            'trainer._RUNTIME_KEYS',
+            'trainer.Trainer',
+            'trainer.train_step',
+            'bench._measure_train',
+            'bench._train_row',
+            'bench.train_speeds',
+            'bench.BENCHES',
+            'bench._summary',
+            'bench.bench_cli',
+        ),
+    ),
 )
 
 # %% ../nbs/00_core.ipynb #acae54e37e7d407bbb7b55eff062a284
